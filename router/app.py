@@ -1,0 +1,115 @@
+"""Assembling the gateway: settings + catalog → store, pools, stages → one ASGI app.
+
+This is the only place that knows every stage; each stage only knows the interfaces it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from models.catalog import Catalog
+from noor.settings import Settings
+from router.admin import build_admin_api, install_error_handlers
+from router.admission.direct import DirectAdmission
+from router.auth import Authenticator
+from router.limits import Limiter, Unlimited
+from router.metering import Meter
+from router.openai_api import OpenAIApp
+from router.picking import make_policy
+from router.pipeline import Pipeline
+from router.prompt_tokens import PromptTokenCounter
+from router.store import open_store
+from router.store.base import Store
+from serving.backends import make_backend
+from serving.pool import Pool
+
+log = logging.getLogger("noor.gateway")
+
+
+class Gateway:
+    """Everything one gateway process runs, with one start and one close."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, *, store: Store | None = None, limiter: Limiter | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store or open_store(settings.store_url)
+        self.auth = Authenticator(self.store, ttl_s=settings.store.key_cache_ttl_s)
+        self.limiter = limiter or Unlimited()
+        eng = settings.engine
+        self.pools = {
+            name: Pool(name, engine=spec.engine, health_interval_s=eng.health_interval_s,
+                       metrics_interval_s=eng.metrics_interval_s, unhealthy_after=eng.unhealthy_after_failures)
+            for name, spec in catalog.pools.items()
+        }
+        self.admission = DirectAdmission(make_policy(settings.scheduler.policy))
+        spool = settings.store.spool_dir or settings.data_dir / "spool"
+        self.meter = Meter(
+            self.store, spool_path=spool / "usage.jsonl", flush_interval_s=settings.store.usage_flush_interval_s,
+            max_batch=settings.store.usage_flush_max_records,
+        )
+        self.pipeline = Pipeline(
+            catalog=catalog, pools=self.pools, auth=self.auth, limiter=self.limiter, admission=self.admission,
+            meter=self.meter, count_prompt=PromptTokenCounter(catalog, settings.models_dir),
+            max_retries=eng.max_retries, request_id_header=settings.server.request_id_header.encode(),
+        )
+
+    async def start(self) -> None:
+        eng = self.settings.engine
+        for name, spec in self.catalog.pools.items():
+            for url in spec.endpoints:
+                backend = make_backend(spec.engine, url, **_backend_options(spec.engine, eng, spec.protocol))
+                await self.pools[name].add(backend)
+            await self.pools[name].start()
+        await self.meter.start()
+
+    async def close(self) -> None:
+        await self.meter.close()
+        for pool in self.pools.values():
+            await pool.close()
+        await self.admission.close()
+        await self.limiter.close()
+        await self.store.close()
+
+    def asgi(self) -> OpenAIApp:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.close()
+
+        api = FastAPI(title="Noor gateway", version="0.1.0", lifespan=lifespan)
+        install_error_handlers(api)
+        api.include_router(build_admin_api(self.store, self.auth, self.settings.server.admin_token))
+
+        @api.get("/health", include_in_schema=False)
+        async def health() -> dict:
+            return {"status": "ok"}
+
+        @api.get("/ready", include_in_schema=False)
+        async def ready() -> JSONResponse:
+            pools = {n: {"healthy": len(p.healthy()), "endpoints": len(p.endpoints)} for n, p in self.pools.items()}
+            ok = any(p["healthy"] for p in pools.values())
+            return JSONResponse({"ready": ok, "pools": pools}, status_code=200 if ok else 503)
+
+        return OpenAIApp(self.pipeline, self.catalog, api, max_body_bytes=self.settings.server.max_body_bytes)
+
+
+def _backend_options(engine: str, eng, protocol: str | None) -> dict:
+    if engine in ("vllm", "sim"):
+        return {"connect_timeout_s": eng.connect_timeout_s, "read_timeout_s": eng.read_timeout_s,
+                "health_timeout_s": eng.health_timeout_s}
+    return {"protocol": protocol} if protocol else {}
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> OpenAIApp:
+    """ASGI app for ``uvicorn --factory router.app:create_app``: settings from the environment."""
+    settings = settings or Settings()
+    catalog = catalog or Catalog.load(settings.catalog_path)
+    return Gateway(settings, catalog).asgi()

@@ -1,0 +1,39 @@
+"""Stage 3: limits and budgets — reserve before the engine is called, settle to real usage after.
+
+A limiter reserves a request's worst case (prompt tokens + max_tokens) up front, so a stream can never
+run past a limit, and gives back what was not used when the engine's real usage is known. Concrete
+limiters live one per file beside this one; the embedded default enforces nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from router.context import RequestContext
+from serving.backends.base import Usage
+
+
+class Limiter(abc.ABC):
+    @abc.abstractmethod
+    async def reserve(self, ctx: RequestContext) -> None:
+        """Reserve the request's cost or raise ``OpenAIError`` 429 (with Retry-After and x-ratelimit-*).
+
+        Stores what ``settle`` needs in ``ctx.reservation`` and response headers in ``ctx.headers``.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
+        """Replace the reservation with the real usage (None: nothing was generated)."""
+
+    async def close(self) -> None:
+        pass
+
+
+class Unlimited(Limiter):
+    """No limits: the embedded default until a tenant is given quotas and a limiter is configured."""
+
+    async def reserve(self, ctx: RequestContext) -> None:
+        return None
+
+    async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
+        return None

@@ -1,0 +1,150 @@
+"""The request path, top to bottom as a request travels it:
+
+authenticate → validate → limit (reserve) → admit onto an endpoint → backend adapter → relay → settle
+and meter.
+
+Each stage lives in its own module; this one only sequences them, owns the retry loop (a request that
+failed before any byte reached its client is retried on another endpoint) and guarantees the way back:
+whatever happens, the reservation is settled, the endpoint released and one usage record written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from models.catalog import Catalog
+from router.admission import Admission
+from router.auth import Authenticator
+from router.context import RequestContext
+from router.errors import OpenAIError, no_capacity
+from router.limits import Limiter
+from router.metering import Meter
+from router.relay import Send, relay_stream, send_once
+from router.validation import PromptCounter, parse_json, validate
+from serving.backends.base import UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamStream
+from serving.endpoint import Endpoint
+from serving.pool import Pool
+
+log = logging.getLogger("noor.pipeline")
+
+
+@dataclass
+class Pipeline:
+    catalog: Catalog
+    pools: dict[str, Pool]
+    auth: Authenticator
+    limiter: Limiter
+    admission: Admission
+    meter: Meter
+    count_prompt: PromptCounter
+    max_retries: int = 2
+    request_id_header: bytes = b"x-request-id"
+
+    async def handle(
+        self, ctx: RequestContext, raw_body: bytes, authorization: str | None, send: Send,
+        disconnected: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Serve one OpenAI request. Raises ``OpenAIError`` only before anything was sent."""
+        identity = await self.auth.authenticate(authorization)
+        ctx.identity = identity
+        ctx.body = parse_json(raw_body)
+        validate(ctx, identity, self.catalog, self.count_prompt)
+        assert ctx.model is not None
+        pool = self.pools.get(ctx.model.pool)
+        if pool is None:
+            raise no_capacity(f"The pool serving `{ctx.model.name}` is not configured.")
+
+        await self.limiter.reserve(ctx)
+        endpoint: Endpoint | None = None
+        stream: UpstreamStream | None = None
+        watch = _ClientWatch(disconnected)
+        try:
+            endpoint, result = await self._open(ctx, pool)
+            if isinstance(result, UpstreamResponse):
+                await send_once(ctx, result, send, self.request_id_header)
+            else:
+                stream = result
+                await relay_stream(ctx, stream, send, self.request_id_header)
+            watch.stop()
+        except asyncio.CancelledError:
+            if not watch.client_left:
+                raise  # shutdown, not the client
+            ctx.outcome, ctx.status = "cancelled", 499
+            log.info("client left request %s; engine request aborted", ctx.request_id)
+        except OpenAIError as exc:
+            ctx.outcome, ctx.status = "error", exc.status
+            raise
+        except UpstreamError as exc:
+            ctx.outcome, ctx.status = "error", exc.status
+            raise
+        finally:
+            watch.stop()
+            if stream is not None:
+                await stream.aclose()
+            if endpoint is not None:
+                self.admission.release(ctx, endpoint)
+            await self._finish(ctx)
+
+    async def _open(self, ctx: RequestContext, pool: Pool) -> tuple[Endpoint, UpstreamResponse | UpstreamStream]:
+        """Admit onto an endpoint and open the engine request, retrying elsewhere on retryable failures."""
+        assert ctx.model is not None
+        request = UpstreamRequest(kind=ctx.kind, body=ctx.body, stream=ctx.stream, request_id=ctx.request_id)
+        tried: set[Endpoint] = set()
+        last: UpstreamError | None = None
+        for _attempt in range(self.max_retries + 1):
+            try:
+                endpoint = await self.admission.admit(ctx, pool, frozenset(tried))
+            except OpenAIError:
+                if last is None:
+                    raise
+                break
+            ctx.endpoint = endpoint
+            try:
+                backend = endpoint.backend
+                result = await (backend.stream(request) if ctx.stream else backend.complete(request))
+                return endpoint, result
+            except UpstreamError as exc:
+                self.admission.release(ctx, endpoint)
+                ctx.endpoint = None
+                if not exc.retryable:
+                    raise
+                log.warning("endpoint %s failed request %s (%s); trying another", endpoint.name, ctx.request_id, exc)
+                if exc.status in (502, 503, 504):
+                    pool.report_failure(endpoint)
+                tried.add(endpoint)
+                last = exc
+        raise no_capacity(f"No engine in pool '{pool.name}' could serve this request ({last}).", status=502)
+
+    async def _finish(self, ctx: RequestContext) -> None:
+        try:
+            await self.limiter.settle(ctx, ctx.usage)
+        except Exception:
+            log.exception("settling limits failed for %s", ctx.request_id)
+        if ctx.identity is not None and ctx.model is not None:
+            self.meter.record(ctx)
+
+
+class _ClientWatch:
+    """Cancel the request's task when its client disconnects, so the engine request is aborted at once
+    (even while waiting for the first token), not at the next chunk we fail to send."""
+
+    def __init__(self, disconnected: Callable[[], Awaitable[None]]) -> None:
+        self.client_left = False
+        self._active = True
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(disconnected())
+        self._watcher.add_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, fut: asyncio.Future) -> None:
+        # The server also reports "disconnect" once the response is complete: only a disconnect while
+        # we are still serving means the client left.
+        if self._active and not fut.cancelled() and self._task is not None:
+            self.client_left = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._active = False
+        self._watcher.cancel()

@@ -1,0 +1,67 @@
+"""The way back: relay an engine's answer to the client, capturing usage as it passes.
+
+Streams are relayed chunk by chunk, never buffered. Every chunk from the engine carries the running
+usage (the gateway asked for ``continuous_usage_stats``), so when the client leaves mid-stream the
+tokens generated so far are known and billed; the usage the client did not ask for is stripped
+before it sees the chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from router.context import RequestContext
+from router.errors import error_body
+from serving.backends.base import StreamError, UpstreamResponse, UpstreamStream
+from serving.backends.openai_format import strip_usage
+
+Send = Callable[[dict], Awaitable[None]]
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def response_headers(ctx: RequestContext, content_type: bytes, request_id_header: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", content_type), (request_id_header, ctx.request_id.encode())]
+    headers.extend((k.encode(), v.encode()) for k, v in ctx.headers.items())
+    return headers
+
+
+async def send_once(ctx: RequestContext, response: UpstreamResponse, send: Send, request_id_header: bytes) -> None:
+    ctx.first_token_at = time.perf_counter()
+    ctx.usage = response.usage
+    await send({
+        "type": "http.response.start",
+        "status": response.status,
+        "headers": response_headers(ctx, response.content_type.encode(), request_id_header),
+    })
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, request_id_header: bytes) -> None:
+    """Relay ``stream`` as SSE. Cancellation (client gone) propagates; the caller closes the stream."""
+    await send({
+        "type": "http.response.start",
+        "status": 200,
+        "headers": response_headers(ctx, b"text/event-stream", request_id_header)
+        + [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")],
+    })
+    include_usage, continuous = ctx.include_usage, ctx.continuous_usage
+    try:
+        async for chunk in stream:
+            if ctx.first_token_at is None:
+                ctx.first_token_at = time.perf_counter()
+            if chunk.usage is not None:
+                ctx.usage = chunk.usage
+            if chunk.usage_only:
+                if not include_usage:
+                    continue
+                data = chunk.data
+            else:
+                data = chunk.data if continuous else strip_usage(chunk.data)
+            await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+    except StreamError as exc:
+        ctx.status, ctx.outcome = exc.status, "error"
+        event = b"data: " + error_body(str(exc), type=exc.error_type) + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": _DONE})
