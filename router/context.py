@@ -31,6 +31,7 @@ class RequestContext:
     identity: Identity | None = None
     # filled by admission / picking / the upstream call
     endpoint: Endpoint | None = None
+    prompt_blocks: list[int] | None = None  # chained block hashes of the prompt (prefix affinity)
     reservation: object = None
     first_token_at: float | None = None
     usage: Usage | None = None
