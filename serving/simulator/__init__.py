@@ -1,0 +1,5 @@
+"""An engine simulator that speaks vLLM's OpenAI API and ``/metrics`` and models continuous batching.
+
+It lets routing and fairness be measured on 8–64 replicas on one small machine, and is the basis for
+capacity planning. It never replaces the real engine in end-to-end tests. See ``docs/simulator.md``.
+"""
