@@ -66,3 +66,22 @@ class Capacity:
         if load >= self.window:
             return False
         return inflight == 0 or sig.kv_cache_usage < self.kv_threshold
+
+    def with_room(self, endpoints: list[Endpoint], now: float, exclude: frozenset[Endpoint] = frozenset()) -> list[Endpoint]:
+        """The healthy endpoints (not in ``exclude``) that have room: ``has_room`` as one tight loop, since
+        admission runs it on every decision."""
+        window, kv_max, stale_after = self.window, self.kv_threshold, self.stale_after_s
+        out = []
+        for ep in endpoints:
+            inflight = ep.inflight
+            if inflight >= window or not ep.healthy or (exclude and ep in exclude):
+                continue
+            sig = ep.signals
+            if sig is not None and now - sig.scraped_at <= stale_after:
+                outside = sig.running + sig.waiting - ep.inflight_at_scrape
+                if outside > 0 and inflight + outside >= window:
+                    continue
+                if inflight and sig.kv_cache_usage >= kv_max:
+                    continue
+            out.append(ep)
+        return out

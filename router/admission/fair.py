@@ -96,7 +96,7 @@ class FairAdmission(Admission):
             self._settle(ticket, ctx)
         pq = self._pools.get(endpoint.pool)
         if pq is not None:
-            pq.dispatch()
+            pq.dispatch(endpoint)
 
     async def close(self) -> None:
         for pq in self._pools.values():
@@ -159,6 +159,7 @@ class _PoolQueue:
         self.classes: list[VTCQueue[_Waiter]] = [VTCQueue() for _ in range(owner._nclasses)]
         self.size = 0
         self._dispatching = False
+        self._held_back = 0  # waiters put back by the last dispatch: no room outside their exclusions
         self._gap = 0.0  # seconds between admissions (moving average), for Retry-After
         self._last_admit = time.monotonic()
         pool.listeners.append(self.dispatch)
@@ -168,31 +169,27 @@ class _PoolQueue:
         tenant = ctx.identity.tenant_id if ctx.identity is not None else "-"
         rank = owner.rank(ctx)
         vtc = self.classes[rank]
-        now = time.monotonic()
-        if not any(ep.healthy and ep not in exclude for ep in self.pool.endpoints):
-            raise no_capacity(f"No healthy engine in pool '{self.pool.name}' can serve this request right now.")
         if self.size == 0:  # fast path: nobody waits, so nobody is overtaken
-            room = self._room(now, exclude)
+            room = owner.capacity.with_room(self.pool.endpoints, time.monotonic(), exclude)
             if room:
                 vtc.serve_now(tenant)
                 return self._place(ctx, room, vtc, tenant)
+        if not any(ep.healthy and ep not in exclude for ep in self.pool.endpoints):
+            raise no_capacity(f"No healthy engine in pool '{self.pool.name}' can serve this request right now.")
         loop = asyncio.get_running_loop()
         w = _Waiter(ctx, exclude, loop.create_future(), rank)
         w.entry = vtc.push(w, tenant)
         self.size += 1
         w.timer = loop.call_at(loop.time() + owner.deadline_s, self._expire, w)
-        self.dispatch()
+        if self._held_back:
+            # Some waiters may not go where there is room (retries excluding an endpoint): there may
+            # be room for this one. Otherwise a non-empty queue means no endpoint has room.
+            self.dispatch()
         try:
             return await w.future
         except asyncio.CancelledError:
             self._abandon(w)
             raise
-
-    def _room(self, now: float, exclude: frozenset[Endpoint]) -> list[Endpoint]:
-        has_room = self.owner.capacity.has_room
-        if exclude:
-            return [ep for ep in self.pool.endpoints if ep.healthy and ep not in exclude and has_room(ep, now)]
-        return [ep for ep in self.pool.endpoints if ep.healthy and has_room(ep, now)]
 
     def _place(self, ctx: RequestContext, room: list[Endpoint], vtc: VTCQueue, tenant: str) -> Endpoint:
         ep = self.owner.policy.pick(ctx, room) or room[0]
@@ -203,15 +200,24 @@ class _PoolQueue:
         self._last_admit = now
         return ep
 
-    def dispatch(self) -> None:
-        """Admit waiters, best first, while some endpoint has room. Re-entrant calls are no-ops."""
+    def dispatch(self, freed: Endpoint | None = None) -> None:
+        """Admit waiters, best first, while some endpoint has room. Re-entrant calls are no-ops.
+
+        ``freed``: only that endpoint can have gained room (a release) — while requests wait, no other
+        endpoint has room, so checking it alone keeps a release O(1) in the number of endpoints. Without
+        it (a scrape, a health change, a new waiter beside held-back retries) all are checked.
+        """
         if self._dispatching or self.size == 0:
             return
         self._dispatching = True
         put_back: list[_Waiter] = []
+        capacity = self.owner.capacity
         try:
             now = time.monotonic()
-            room = self._room(now, frozenset())
+            if freed is not None and not self._held_back:
+                room = [freed] if freed.healthy and capacity.has_room(freed, now) else []
+            else:
+                room = capacity.with_room(self.pool.endpoints, now)
             while room and self.size:
                 w = self._pop()
                 if w is None:
@@ -228,9 +234,10 @@ class _PoolQueue:
                 if w.timer is not None:
                     w.timer.cancel()
                 w.future.set_result(ep)
-                if not self.owner.capacity.has_room(ep, now):
+                if not capacity.has_room(ep, now):
                     room.remove(ep)
         finally:
+            self._held_back = len(put_back)
             for w in reversed(put_back):
                 self.classes[w.rank].push_front(w.entry)  # type: ignore[arg-type]
                 self.size += 1

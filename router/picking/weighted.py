@@ -27,18 +27,17 @@ class WeightedPicker(Policy):
         self._turn = 0
 
     def totals(self, ctx: RequestContext, endpoints: list[Endpoint]) -> list[float]:
-        """Each endpoint's combined score; vetoed endpoints get ``-inf``."""
-        n = len(endpoints)
-        totals = [0.0] * n
-        vetoed = [False] * n
-        for scorer, weight in self.scorers:
-            for i, s in enumerate(scorer.score(ctx, endpoints)):
-                if s < 0.0:
-                    vetoed[i] = True
-                else:
-                    totals[i] += weight * s
-        if any(vetoed) and not all(vetoed):
-            totals = [float("-inf") if v else t for t, v in zip(totals, vetoed, strict=True)]
+        """Each endpoint's combined score; vetoed endpoints get ``-inf`` (unless all are vetoed)."""
+        per_scorer = [(weight, scorer.score(ctx, endpoints)) for scorer, weight in self.scorers]
+        totals = [0.0] * len(endpoints)
+        vetoes = False
+        for weight, scores in per_scorer:
+            totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
+            vetoes = vetoes or min(scores) < 0.0
+        if vetoes:
+            mask = [min(col) < 0.0 for col in zip(*(scores for _, scores in per_scorer), strict=True)]
+            if not all(mask):
+                totals = [float("-inf") if m else t for t, m in zip(totals, mask, strict=True)]
         return totals
 
     def pick(self, ctx: RequestContext, endpoints: list[Endpoint]) -> Endpoint | None:

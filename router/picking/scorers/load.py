@@ -25,11 +25,18 @@ class LoadScorer(Scorer):
         cap = self.capacity
         now = time.monotonic()
         window = float(cap.window)
+        stale_after = cap.stale_after_s
         out = []
-        for ep in endpoints:
-            if cap.stale(ep, now):
-                out.append(VETO)
-                continue
-            free = 1.0 - cap.load(ep, now) / window
+        for ep in endpoints:  # Capacity.load and .stale, inlined: this runs for every endpoint per pick
+            load = ep.inflight
+            sig = ep.signals
+            if sig is not None:
+                if now - sig.scraped_at > stale_after:
+                    out.append(VETO)
+                    continue
+                outside = sig.running + sig.waiting - ep.inflight_at_scrape
+                if outside > 0:
+                    load += outside
+            free = 1.0 - load / window
             out.append(free if free > 0.0 else VETO)
         return out

@@ -33,22 +33,37 @@ class PrefixAffinityScorer(Scorer):
         self._holders: dict[int, dict[Endpoint, None]] = {}
 
     def matched_blocks(self, ctx: RequestContext) -> dict[Endpoint, int]:
-        """For each endpoint holding some prefix of the request: how many leading blocks."""
+        """For each endpoint holding some prefix of the request: how many leading blocks.
+
+        Holders of block i+1 are (but for rare evictions) a subset of the holders of block i, since a
+        block's hash names its whole prefix and the LRU evicts a prompt's tail before its head. So the
+        walk only looks at endpoints when the holder set shrinks: one lookup per block, plus one step per
+        endpoint that drops out — not blocks × endpoints.
+        """
+        hashes = prompt_hashes(ctx, self.block_chars, self.max_blocks)
         holders = self._holders
+        current = holders.get(hashes[0]) if hashes else None
+        if not current:
+            return {}
         match: dict[Endpoint, int] = {}
-        for i, h in enumerate(prompt_hashes(ctx, self.block_chars, self.max_blocks), 1):
-            eps = holders.get(h)
-            if not eps:
+        depth = 1
+        for h in hashes[1:]:
+            nxt = holders.get(h)
+            if not nxt:
                 break
-            for ep in eps:
-                match[ep] = i
+            if len(nxt) != len(current):
+                for ep in current:
+                    if ep not in nxt:
+                        match[ep] = depth
+            current = nxt
+            depth += 1
+        for ep in current:
+            match[ep] = depth
         return match
 
     def score(self, ctx: RequestContext, endpoints: list[Endpoint]) -> list[float]:
         hashes = prompt_hashes(ctx, self.block_chars, self.max_blocks)
-        if not hashes or not self._holders:
-            return [0.0] * len(endpoints)
-        match = self.matched_blocks(ctx)
+        match = self.matched_blocks(ctx) if self._holders else None
         if not match:
             return [0.0] * len(endpoints)
         n = float(len(hashes))
