@@ -469,8 +469,9 @@ class SimulatorServer:
                     )
                 out += b"data: [DONE]\n\n"
             if out:
-                await response.write(bytes(out))
+                try:
+                    await response.write(bytes(out))
+                except ConnectionError:  # the client went away; _generate aborts the sequence
+                    return response
             if finished:
-                break
-        await response.write_eof()
-        return response
+                return response  # aiohttp writes the end of the chunked body
