@@ -69,6 +69,9 @@ class SchedulerSettings(BaseModel):
     window_per_endpoint: int | None = Field(
         default=None, description="Running + waiting requests per endpoint; None = the engine's max_num_seqs.")
     kv_cache_threshold: float = 0.95
+    max_starting_per_endpoint: int | None = Field(
+        default=None, description="Prefill pacing: streamed requests per endpoint still before their first "
+                                  "token. None = window/32 (at least 2); 0 = no pacing.")
     priority_classes: list[str] = Field(default=["interactive", "batch"], description="Served first to last.")
     vtc_input_weight: float = 1.0
     vtc_output_weight: float = 2.0

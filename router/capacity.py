@@ -57,13 +57,14 @@ class Capacity:
     def has_room(self, ep: Endpoint, now: float) -> bool:
         """Below the window, and below the KV threshold — unless we have nothing on it at all, so a stale
         KV reading can never keep an endpoint idle while requests wait (work conservation)."""
+        window = self.window
         inflight = ep.inflight
         sig = ep.signals
         if sig is None or now - sig.scraped_at > self.stale_after_s:
-            return inflight < self.window
+            return inflight < window
         outside = sig.running + sig.waiting - ep.inflight_at_scrape
         load = inflight + outside if outside > 0 else inflight
-        if load >= self.window:
+        if load >= window:
             return False
         return inflight == 0 or sig.kv_cache_usage < self.kv_threshold
 

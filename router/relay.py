@@ -51,6 +51,8 @@ async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, 
         async for chunk in stream:
             if ctx.first_token_at is None:
                 ctx.first_token_at = time.perf_counter()
+                if ctx.on_first_token is not None:
+                    ctx.on_first_token()  # the engine is past the prompt: admission may pace the next one
             if chunk.usage is not None:
                 ctx.usage = chunk.usage
             if chunk.usage_only:

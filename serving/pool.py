@@ -96,8 +96,10 @@ class Pool:
         self._notify()
 
     async def _scrape(self) -> None:
-        results = await asyncio.gather(*(ep.backend.signals() for ep in self.endpoints if ep.healthy))
-        for ep, sig in zip([e for e in self.endpoints if e.healthy], results, strict=True):
+        # One list for both: health may change while the scrapes are in flight.
+        targets = [ep for ep in self.endpoints if ep.healthy]
+        results = await asyncio.gather(*(ep.backend.signals() for ep in targets))
+        for ep, sig in zip(targets, results, strict=True):
             if sig is not None:
                 ep.signals = sig
                 ep.inflight_at_scrape = ep.inflight

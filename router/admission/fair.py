@@ -13,7 +13,12 @@ threshold); the rest wait per pool in per-tenant queues:
 * work-conserving: a request goes straight through when nothing waits and some endpoint has room, and
   every release, health check or scrape dispatches waiters at once (no polling) while room remains;
 * a waiter whose client left (task cancelled) leaves its queue in O(1); one woken with an endpoint in
-  the same instant gives the endpoint back.
+  the same instant gives the endpoint back;
+* prefill pacing (``max_starting``): an endpoint takes a new streamed request only while fewer than
+  that many of its requests still wait for their first token (the relay reports it through
+  ``ctx.on_first_token``). A burst of admissions otherwise lands in one engine step as a pile of
+  prefills, and every request in that step — another tenant's first token included — waits for all of
+  them; pacing spreads them over steps at no cost in throughput (docs/scheduling.md).
 
 The picking policy only chooses among endpoints that have room, so affinity can never push an
 endpoint past its window. Per decision: O(log tenants) for the queue and one pass over the pool's
@@ -23,6 +28,7 @@ endpoints for room and scores — never a scan of the queued requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -56,6 +62,7 @@ class _Ticket:
     tenant: str
     weight: float
     estimate: float  # unweighted service units charged on admission
+    started: bool = True  # False while a paced request waits for its first token
 
 
 class FairAdmission(Admission):
@@ -69,6 +76,7 @@ class FairAdmission(Admission):
         input_weight: float = 1.0,
         output_weight: float = 2.0,
         output_estimate: int = 256,
+        max_starting: int | None = None,
     ) -> None:
         self.policy = policy
         self.capacity = capacity
@@ -76,6 +84,9 @@ class FairAdmission(Admission):
         self.input_weight = input_weight
         self.output_weight = output_weight
         self.output_estimate = float(output_estimate)
+        #: prefill pacing: streamed requests admitted to one endpoint and not yet at their first token.
+        self.max_starting = max_starting or 0
+        self._starting: dict[Endpoint, int] = {}
         self._ranks = {name: i for i, name in enumerate(priorities)}
         self._nclasses = max(1, len(priorities))
         self._pools: dict[str, _PoolQueue] = {}
@@ -93,10 +104,23 @@ class FairAdmission(Admission):
         endpoint.inflight -= 1
         ticket = self._tickets.pop(ctx, None)
         if ticket is not None:
+            if not ticket.started:
+                self._starting[endpoint] -= 1
             self._settle(ticket, ctx)
+        ctx.on_first_token = None
         pq = self._pools.get(endpoint.pool)
         if pq is not None:
             pq.dispatch(endpoint)
+
+    def started(self, ctx: RequestContext, endpoint: Endpoint) -> None:
+        """The request's first token came back: the engine is done with its prompt (prefill pacing)."""
+        ticket = self._tickets.get(ctx)
+        if ticket is not None and not ticket.started:
+            ticket.started = True
+            self._starting[endpoint] -= 1
+            pq = self._pools.get(endpoint.pool)
+            if pq is not None:
+                pq.dispatch(endpoint)
 
     async def close(self) -> None:
         for pq in self._pools.values():
@@ -132,6 +156,7 @@ class FairAdmission(Admission):
         if state is not None:
             state.inflight += 1
         self._tickets[ctx] = _Ticket(queue, tenant, weight, est)
+
 
     def _settle(self, ticket: _Ticket, ctx: RequestContext) -> None:
         usage = ctx.usage
@@ -170,7 +195,7 @@ class _PoolQueue:
         rank = owner.rank(ctx)
         vtc = self.classes[rank]
         if self.size == 0:  # fast path: nobody waits, so nobody is overtaken
-            room = owner.capacity.with_room(self.pool.endpoints, time.monotonic(), exclude)
+            room = self._room(owner.capacity.with_room(self.pool.endpoints, time.monotonic(), exclude))
             if room:
                 vtc.serve_now(tenant)
                 return self._place(ctx, room, vtc, tenant)
@@ -191,10 +216,23 @@ class _PoolQueue:
             self._abandon(w)
             raise
 
+    def _room(self, room: list[Endpoint]) -> list[Endpoint]:
+        """With prefill pacing, only endpoints with fewer than ``max_starting`` prompts in progress."""
+        limit = self.owner.max_starting
+        if not limit or not room:
+            return room
+        starting = self.owner._starting
+        return [ep for ep in room if starting.get(ep, 0) < limit]
+
     def _place(self, ctx: RequestContext, room: list[Endpoint], vtc: VTCQueue, tenant: str) -> Endpoint:
-        ep = self.owner.policy.pick(ctx, room) or room[0]
+        owner = self.owner
+        ep = owner.policy.pick(ctx, room) or room[0]
         ep.inflight += 1
-        self.owner.charge(ctx, vtc, tenant)
+        owner.charge(ctx, vtc, tenant)
+        if owner.max_starting and ctx.stream:  # a non-streamed answer shows no first token: not paced
+            owner._starting[ep] = owner._starting.get(ep, 0) + 1
+            owner._tickets[ctx].started = False
+            ctx.on_first_token = functools.partial(owner.started, ctx, ep)
         now = time.monotonic()
         self._gap = 0.9 * self._gap + 0.1 * (now - self._last_admit)
         self._last_admit = now
@@ -218,6 +256,8 @@ class _PoolQueue:
                 room = [freed] if freed.healthy and capacity.has_room(freed, now) else []
             else:
                 room = capacity.with_room(self.pool.endpoints, now)
+            room = self._room(room)
+            limit, starting = self.owner.max_starting, self.owner._starting
             while room and self.size:
                 w = self._pop()
                 if w is None:
@@ -234,7 +274,7 @@ class _PoolQueue:
                 if w.timer is not None:
                     w.timer.cancel()
                 w.future.set_result(ep)
-                if not capacity.has_room(ep, now):
+                if not capacity.has_room(ep, now) or (limit and starting.get(ep, 0) >= limit):
                     room.remove(ep)
         finally:
             self._held_back = len(put_back)

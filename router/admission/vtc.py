@@ -54,11 +54,14 @@ class VTCQueue(Generic[T]):
 
     def __init__(self) -> None:
         self.tenants: dict[str, TenantState] = {}
-        self._heap: list[tuple[float, int, int, TenantState]] = []
+        # (counter, tie, seq, version, tenant): on equal counters a tenant just lifted (tie 0) goes before
+        # one just served (tie 1) — it has waited, the other has not — and then arrival order (seq).
+        self._heap: list[tuple[float, int, int, int, TenantState]] = []
         self._seq = 0
         #: the counter of the tenant served last: where a tenant arriving to an empty queue is lifted to.
         self.vtime = 0.0
         self.size = 0  # queued entries, all tenants
+        self._lifted: TenantState | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -73,13 +76,15 @@ class VTCQueue(Generic[T]):
             floor = self.min_counter()
             if floor is None:
                 floor = self.vtime
-            if t.counter < floor:
+            if t.counter <= floor:
                 t.counter = floor
+                self._lifted = t
         return t
 
     def serve_now(self, tenant_id: str) -> TenantState:
         """A request of ``tenant_id`` is served without queueing (nothing waits): arrive and serve."""
         t = self.arrive(tenant_id)
+        self._lifted = None
         self.vtime = t.counter
         return t
 
@@ -107,13 +112,15 @@ class VTCQueue(Generic[T]):
     def _push_heap(self, t: TenantState) -> None:
         t.version += 1
         self._seq += 1
-        heapq.heappush(self._heap, (t.counter, self._seq, t.version, t))
+        tie = 0 if self._lifted is t else 1
+        self._lifted = None
+        heapq.heappush(self._heap, (t.counter, tie, self._seq, t.version, t))
 
     # --- service ---------------------------------------------------------------------------------------
     def _top(self) -> TenantState | None:
         heap = self._heap
         while heap:
-            _, _, version, t = heap[0]
+            _, _, _, version, t = heap[0]
             if version == t.version and t.live > 0:
                 return t
             heapq.heappop(heap)

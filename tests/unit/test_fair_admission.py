@@ -188,3 +188,26 @@ async def test_outside_load_and_kv_cache_gate_admission_and_a_scrape_reopens_it(
     await settle()
     assert not blocked.done()  # KV cache above the threshold
     blocked.cancel()
+
+
+async def test_prefill_pacing_holds_the_next_stream_until_the_first_token():
+    adm = FairAdmission(LeastOutstanding(), Capacity(window=8), max_starting=1, deadline_s=2)
+    pool = make_pool(1)
+    first = ctx()
+    first.stream = True
+    ep = await adm.admit(first, pool)
+    second = ctx()
+    second.stream = True
+    waiting = asyncio.ensure_future(adm.admit(second, pool))
+    await settle()
+    assert not waiting.done()  # the engine is still on the first prompt
+    first.on_first_token()  # what the relay calls on the first chunk
+    await settle()
+    assert waiting.done() and waiting.result() is ep
+    second.on_first_token()
+    plain = ctx()  # not streamed: no first token to wait for, so it does not count as starting
+    assert await adm.admit(plain, pool) is ep
+    assert adm._starting[ep] == 0
+    finish(adm, first, ep)
+    finish(adm, second, ep)
+    assert first.on_first_token is None
