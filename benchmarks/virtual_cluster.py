@@ -93,6 +93,7 @@ class Outcome:
     cached_tokens: int = 0
     status: int = 200
     endpoint: str = ""
+    reply: str = ""
     gateway_wait: float | None = None  # in the gateway's queue
     engine_wait: float | None = None  # in the engine's own waiting queue
 
@@ -188,6 +189,7 @@ class VirtualCluster:
             if seq.admitted_at is not None:
                 out.engine_wait = seq.admitted_at - out.sent - out.gateway_wait
             out.prompt_tokens, out.completion_tokens = seq.num_prompt_tokens, seq.num_output_tokens
+            out.reply = "".join(seq.output_texts)
             out.cached_tokens = seq.cached_tokens
             out.endpoint = ep.name
             ctx.usage = Usage(out.prompt_tokens, out.completion_tokens)
