@@ -168,6 +168,7 @@ async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: 
         # Requests cut off at the end: record how long they had waited, then cancel them.
         cut = [t for t in tasks["A"] + tasks["B"] if not t.done()]
         now = loop.time()
+        vc.closing = True  # the engines go with the run: skip aborting thousands of queued sequences
         for t in cut:
             t.cancel()
         await asyncio.gather(*cut, return_exceptions=True)

@@ -145,6 +145,7 @@ async def run_virtual(policy: str, convs: list[Conversation], args: argparse.Nam
         h = sum(e.stats.prefix_cache_hits for e in vc.engines) - h0
         g = sum(e.stats.generation_tokens for e in vc.engines) - g0
         n_requests = len(ttfts)
+        vc.closing = True
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

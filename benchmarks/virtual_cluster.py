@@ -109,6 +109,7 @@ class VirtualCluster:
             self.pool.endpoints.append(Endpoint(name=f"sim{i}", pool="virtual", backend=backend, healthy=True))
         self.scrape_interval_s = scrape_interval_s
         self._tasks: list[asyncio.Task] = []
+        self.closing = False  # set before cutting off the requests left at the end: no aborts needed
         self.outcomes: list[Outcome] = []  # every request's, in order sent (cut-off ones included)
         self.max_held: dict[str, int] = {ep.name: 0 for ep in self.pool.endpoints}  # running + waiting, peak
 
@@ -195,7 +196,7 @@ class VirtualCluster:
             ctx.usage = Usage(out.prompt_tokens, out.completion_tokens)
             return out
         except asyncio.CancelledError:
-            if seq is not None and not seq.finished:
+            if seq is not None and not seq.finished and not self.closing:
                 backend.sim.abort(seq, loop.time())
                 ctx.usage = Usage(seq.num_prompt_tokens, seq.num_output_tokens)
             raise
