@@ -179,9 +179,21 @@ def test_dropped_stream_is_billed_partially_and_aborted(gateway, client, tenants
     assert _running(vllm_url) == 0
 
 
-def test_failover_to_a_healthy_endpoint_and_503_when_none(gateway, client):
-    for _ in range(3):
-        assert client.chat.completions.create(model="smollm2-failover", messages=HELLO, max_tokens=2).choices
+def test_failover_to_a_healthy_endpoint_and_503_when_none(gateway, client, tenants):
+    flaky = gateway.gateway.pools["flaky"]
+    dead = flaky.endpoints[0]
+    live = flaky.endpoints[1]
+    assert not dead.healthy  # the first probe already took it out of rotation
+    live.inflight += 1000  # make least-outstanding choose the dead endpoint first
+    try:
+        for _ in range(2):
+            dead.healthy = True  # as if the probe had not noticed yet: the request itself must fail over
+            resp = client.chat.completions.create(model="smollm2-failover", messages=HELLO, max_tokens=2)
+            assert resp.choices
+            assert tenants.usage(resp._request_id).endpoint == live.name
+    finally:
+        live.inflight -= 1000
+    assert not dead.healthy and dead.consecutive_failures >= 2
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(model="smollm2-dead", messages=HELLO, max_tokens=2)
     assert err.value.status_code == 503
