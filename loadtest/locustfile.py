@@ -89,10 +89,16 @@ class Run:
     def loop(self) -> None:
         """The arrival process: runs until the sweep is done (then the shape ends the test)."""
         self.sweep.start()
+        announced = -1
         while True:
             st = self.sweep.poll()
             if st.phase is Phase.DONE:
                 return
+            if st.step != announced and st.phase is Phase.WARMUP:
+                announced = st.step
+                sw = self.config.sweep
+                log.warning("step %d: %g requests/s (%g s warm-up, %g s measured)", st.step, st.rate, sw.warmup_s,
+                            sw.duration_s)
             if st.rate <= 0:
                 gevent.sleep(0.02)
                 continue
@@ -214,7 +220,7 @@ def _start(environment, **_kw) -> None:
                 tenants = provision(admin, config.tenants, run_id, config.mix.model)
         engines = [e for e in opts.noor_engine_metrics.split(",") if e.strip()]
         _RUN = Run(environment, config, slo, out, tenants, run_id, host, engines)
-        log.warning("run %s: %d tenants, rates %s/s, results in %s", run_id, len(tenants),
+        log.info("run %s: %d tenants, rates %s/s, results in %s", run_id, len(tenants),
                     ", ".join(f"{r:g}" for r in _RUN.sweep.rates), out)
     except Exception as exc:
         _FATAL = f"{type(exc).__name__}: {exc}"

@@ -202,6 +202,11 @@ def metrics_timeline(result: SignoffResult, path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", ncol=2)
+    for s in result.steps:  # name each measured window on the bottom panel: rate and verdict
+        if s.measure_start and s.measure_end:
+            mark = "" if s.verdict is None else (" ✓" if s.verdict.passed else " ✗")
+            rate_ax.text((s.measure_start + s.measure_end) / 2 - t0, 0.97, f"{s.rate:g}/s{mark}", ha="center", va="top",
+                         fontsize=8, transform=rate_ax.get_xaxis_transform())
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

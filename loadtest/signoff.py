@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -70,8 +71,7 @@ def locust_command(plan: SignoffPlan) -> list[str]:
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", plan.gateway,
         "--noor-config", str(out / "profile.json"), "--noor-out", str(out), "--noor-run-id", plan.run_id,
         "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
-        "--loglevel", "WARNING", "--logfile", str(out / "locust.log"), "--run-time", f"{int(plan.budget_s())}s",
-        "--stop-timeout", "5",
+        "--loglevel", "WARNING", "--stop-timeout", "5",
     ]
     if plan.slo_path:
         cmd += ["--noor-slo", str(plan.slo_path)]
@@ -94,15 +94,9 @@ def run_signoff(plan: SignoffPlan, say: Callable[[str], None] = print) -> Signof
         root = str(Path(loadtest.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.pop("NOOR_LOADTEST_ADMIN_TOKEN", None)  # the child needs no admin rights: its tenants exist
-        try:
-            proc = subprocess.run(locust_command(plan), env=env, timeout=plan.budget_s() + 60, capture_output=True,
-                                  text=True)
-        except subprocess.TimeoutExpired as exc:
-            raise SignoffError(f"Locust did not finish within {plan.budget_s() + 60:.0f} s") from exc
-        (plan.out / "locust.out").write_text(proc.stdout + proc.stderr)
+        code, output = _run_locust(locust_command(plan), env, plan.budget_s() + 60, plan.out / "locust.out", say)
         if not (plan.out / "steps.json").exists():
-            tail = (proc.stdout + proc.stderr)[-2000:]
-            raise SignoffError(f"Locust exited with {proc.returncode} before writing results:\n{tail}")
+            raise SignoffError(f"Locust exited with {code} before writing results:\n{output[-2000:]}")
         data = RunData.load(plan.out)
         result = evaluate(data, slo, plan.target_rate)
         result.note = plan.note
@@ -112,6 +106,37 @@ def run_signoff(plan: SignoffPlan, say: Callable[[str], None] = print) -> Signof
     (plan.out / "signoff.json").write_text(json.dumps(result.to_dict(), indent=2))
     write_report(result, plan.out)
     return result
+
+
+def _run_locust(cmd: list[str], env: dict, timeout_s: float, log_path: Path, say: Callable[[str], None]) -> tuple[int, str]:
+    """Run Locust, keep its whole output in ``log_path`` and pass the sweep's progress lines on."""
+    lines: list[str] = []
+    with open(log_path, "w") as log, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      text=True, start_new_session=True) as proc:
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line)
+                _, sep, msg = line.partition("noor.loadtest: ")
+                if sep:
+                    say(msg.rstrip())
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+    if expired.is_set():
+        raise SignoffError(f"Locust did not finish within {timeout_s:.0f} s")
+    return code, "".join(lines)
 
 
 def _tenants(plan: SignoffPlan, admin: AdminClient) -> list[RunTenant]:

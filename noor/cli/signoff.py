@@ -68,6 +68,8 @@ def signoff(
         config.arrivals.burstiness = burstiness
     config = LoadConfig.model_validate(config.model_dump())  # re-validate the overridden fields
     base = gateway or f"http://{settings.server.host}:{settings.server.port}"
+    if engine_metrics is None and gateway is None:
+        engine_metrics = _local_engines(settings)  # the engines `noor up` started, if they answer
     folder = out or settings.data_dir / "signoff" / datetime.now().strftime("%Y%m%d-%H%M%S")
     plan = SignoffPlan(
         gateway=base, config=config, out=folder, slo_path=slo or SLO_EXAMPLE,
@@ -85,11 +87,13 @@ def signoff(
     table = Table("offered /s", "done", "errors", "TTFT p99 ms", "TPOT p99 ms", "out tok/s", "verdict")
     for s in result.steps:
         m = s.summary
-        verdict = "–" if s.verdict is None else ("[green]pass[/green]" if s.verdict.passed else
-                                                 "[red]fail[/red]: " + "; ".join(s.verdict.broken))
+        verdict = "–" if s.verdict is None else ("[green]pass[/green]" if s.verdict.passed else "[red]fail[/red]")
         table.add_row(f"{s.rate:g}", str(m.completed), f"{m.error_count} ({m.error_rate:.1%})",
                       _fmt(m.p("ttft", 0.99)), _fmt(m.p("tpot", 0.99)), _fmt(m.output_tokens_per_s), verdict)
     console.print(table)
+    for s in result.steps:
+        if s.verdict is not None and not s.verdict.passed:
+            console.print(f"{s.rate:g}/s broke the SLO: " + "; ".join(s.verdict.broken), highlight=False)
     if result.max_rate is None:
         console.print("[red]No step met the SLO.[/red]")
     else:
@@ -103,6 +107,21 @@ def signoff(
                       + ("[green]PASS[/green]" if result.target_passed else "[red]FAIL[/red]"))
     console.print(f"Report: {folder / 'report.html'} (and report.md)")
     raise typer.Exit(0 if result.passed else 1)
+
+
+def _local_engines(settings: Settings) -> list[str]:
+    """``noor up`` starts its engines on ``local.base_port`` upwards; keep those that serve vLLM metrics."""
+    import httpx
+
+    found = []
+    for i in range(max(1, settings.local.replicas)):
+        url = f"http://127.0.0.1:{settings.local.base_port + i}"
+        try:
+            if "vllm:" in httpx.get(url + "/metrics", timeout=1.0).text:
+                found.append(url)
+        except httpx.HTTPError:
+            pass
+    return found
 
 
 def _fmt(v: float | None) -> str:
