@@ -41,12 +41,22 @@ def _mark_verdicts(ax, steps: list[StepResult], ys: list[float | None]) -> None:
                    color=PASS if s.verdict.passed else FAIL, zorder=5)
 
 
-def _slo_line(ax, result: SignoffResult, metric: str) -> None:
+def _slo_line(ax, result: SignoffResult, metric: str, data_max: float | None) -> None:
+    """The SLO's threshold as a line; far above the data it would squash the curves, so it is only named."""
     if result.slo is None:
         return
     for o in result.slo.objectives:
-        if o.metric == metric:
+        if o.metric != metric:
+            continue
+        if data_max and o.limit_ms > 4 * data_max:
+            ax.plot([], [], color=SLO_COLOR, ls="--", lw=1.5, label=f"SLO: {o.label} (far above)")
+        else:
             ax.axhline(o.limit_ms, color=SLO_COLOR, ls="--", lw=1.5, label=f"SLO: {o.label}")
+
+
+def _max(*seqs) -> float | None:
+    vals = [v for seq in seqs for v in seq if v is not None and v == v]
+    return max(vals) if vals else None
 
 
 def _max_rate_line(ax, result: SignoffResult) -> None:
@@ -64,7 +74,7 @@ def latency_vs_rate(result: SignoffResult, path: Path) -> Path:
         ax.plot(rates, p50, "-o", color="#4c78a8", label=f"{metric.upper()} p50", ms=4)
         ax.plot(rates, p99, "-s", color="#f58518", label=f"{metric.upper()} p99", ms=4)
         _mark_verdicts(ax, steps, p99)
-        _slo_line(ax, result, metric)
+        _slo_line(ax, result, metric, _max(p50, p99))
         _max_rate_line(ax, result)
         _rate_axis(ax, steps)
         ax.set_ylabel("milliseconds")
@@ -110,6 +120,7 @@ def per_tenant(result: SignoffResult, path: Path) -> Path:
     names = sorted({n for s in steps for n in s.tenants})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, metric in ((axes[0], "ttft"), (axes[1], "tpot")):
+        top = _max(*([s.tenants[n].p(metric, 0.99) for s in steps if n in s.tenants] for n in names))
         for name in names:
             ys = [s.tenants[name].p(metric, 0.99) if name in s.tenants else None for s in steps]
             ax.plot([s.rate for s in steps], [y if y is not None else float("nan") for y in ys], "-o", ms=4,
@@ -117,7 +128,7 @@ def per_tenant(result: SignoffResult, path: Path) -> Path:
             ys50 = [s.tenants[name].p(metric, 0.5) if name in s.tenants else None for s in steps]
             ax.plot([s.rate for s in steps], [y if y is not None else float("nan") for y in ys50], ":", lw=1,
                     color=ax.lines[-1].get_color(), label=f"{name} p50")
-        _slo_line(ax, result, metric)
+        _slo_line(ax, result, metric, top)
         _rate_axis(ax, steps)
         ax.set_ylim(bottom=0)
         ax.set_ylabel("milliseconds")
@@ -158,7 +169,7 @@ def metrics_timeline(result: SignoffResult, path: Path) -> Path | None:
         return None
     t0 = min((s.warmup_start for s in result.steps if s.warmup_start), default=None)
     t0 = t0 if t0 is not None else min(s["t"] for s in samples)
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8.5), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(14, 8.5), sharex=True)
     q_ax, kv_ax, rate_ax = axes
     for e in engines:
         label = e.replace("http://", "")
@@ -200,8 +211,8 @@ def metrics_timeline(result: SignoffResult, path: Path) -> Path | None:
                 color = "grey" if s.verdict is None else (PASS if s.verdict.passed else FAIL)
                 ax.axvspan(s.measure_start - t0, s.measure_end - t0, color=color, alpha=0.08)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left", ncol=2)
+        if ax.get_legend_handles_labels()[0]:  # beside the plot: a legend must not hide a step
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
     for s in result.steps:  # name each measured window on the bottom panel: rate and verdict
         if s.measure_start and s.measure_end:
             mark = "" if s.verdict is None else (" ✓" if s.verdict.passed else " ✗")

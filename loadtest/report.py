@@ -166,12 +166,19 @@ def _metrics_section(result: SignoffResult) -> str:
             kv = window("vllm:kv_cache_usage_perc") or window("vllm:gpu_cache_usage_perc")
             q, h = window("vllm:prefix_cache_queries_total"), window("vllm:prefix_cache_hits_total")
             hit = (h[-1] - h[0]) / (q[-1] - q[0]) if len(q) > 1 and q[-1] > q[0] and len(h) > 1 else None
+            gen_ts, gen = plots.series(samples, e, "vllm:generation_tokens_total")
+            inside = [(t, y) for t, y in zip(gen_ts, gen, strict=True) if s.measure_start <= t <= s.measure_end]
+            gen_rate = ((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+                        if len(inside) > 1 and inside[-1][0] > inside[0][0] else None)
             rows.append([f"{s.rate:g}", e.replace("http://", ""), _num(max(waiting, default=None), "{:.0f}"),
                          _num(sum(running) / len(running) if running else None),
                          _num(max(kv, default=None) * 100 if kv else None, "{:.1f}%"),
-                         _num(hit * 100 if hit is not None else None, "{:.0f}%")])
-    lines.append(_table(["offered /s", "engine", "max waiting", "mean running", "max KV used", "prefix-cache hits"],
-                        rows))
+                         _num(hit * 100 if hit is not None else None, "{:.0f}%"), _num(gen_rate, "{:.0f}")])
+    lines.append(_table(["offered /s", "engine", "max waiting", "mean running", "max KV used", "prefix-cache hits",
+                         "generated tok/s"], rows))
+    lines.append("From each engine's own `/metrics` during the step's measured window. *generated tok/s* is the "
+                 "engine's output rate in that window (all its traffic, in-flight requests of earlier arrivals "
+                 "included), a cross-check of the client-side figure.")
     return "\n\n".join(lines)
 
 
