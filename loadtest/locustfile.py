@@ -67,6 +67,8 @@ class Run:
         self.tenants = tenants
         sweep = config.sweep
         self.clients = {t.name: make_client(host, t.key, sweep.request_timeout_s) for t in tenants}
+        for c in self.clients.values():
+            _ = c.chat.completions.with_raw_response  # the SDK loads its resources lazily: not on the first arrival
         self.seed = config.mix.seed if config.mix.seed is not None else random.randrange(2**32)
         self.mix = TrafficMix(config.mix, [(t.name, t.weight) for t in tenants], random.Random(self.seed))
         self.arrivals = Arrivals(config.arrivals.burstiness, random.Random(config.arrivals.seed or self.seed + 1))
@@ -90,6 +92,7 @@ class Run:
         """The arrival process: runs until the sweep is done (then the shape ends the test)."""
         self.sweep.start()
         announced = -1
+        due: float | None = None  # when the next arrival is due (monotonic)
         while True:
             st = self.sweep.poll()
             if st.phase is Phase.DONE:
@@ -100,14 +103,21 @@ class Run:
                 log.warning("step %d: %g requests/s (%g s warm-up, %g s measured)", st.step, st.rate, sw.warmup_s,
                             sw.duration_s)
             if st.rate <= 0:
+                due = None
                 gevent.sleep(0.02)
                 continue
-            gap = self.arrivals.gap(st.rate)
             now = time.monotonic()
-            if now + gap > st.active_until:
+            if due is None:
+                due = now + self.arrivals.gap(st.rate)
+            if due > st.active_until:
                 gevent.sleep(max(0.0, st.active_until - now))  # no arrival left in this rate's window
+                due = None
                 continue
-            gevent.sleep(gap)
+            # Arrival times are laid on an absolute timeline: a late wake-up (a busy CPU, a slow greenlet)
+            # is caught up at once instead of stretching every later gap, which would lower the rate.
+            if due > now:
+                gevent.sleep(due - now)
+            due += self.arrivals.gap(st.rate)
             st = self.sweep.poll()
             if st.phase in (Phase.WARMUP, Phase.MEASURE):
                 self.arrive(st)
