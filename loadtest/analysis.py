@@ -48,6 +48,8 @@ class Summary:
 
     @property
     def output_tokens_per_s(self) -> float | None:
+        """Output tokens of these requests per second of their arrival window: the load *offered*
+        (what was asked for), not what was served in that window (``delivered_tokens_per_s``)."""
         return self.completion_tokens / self.window_s if self.window_s else None
 
     def p(self, metric: str, q: float) -> float | None:
@@ -91,3 +93,31 @@ def judge_step(records: Iterable[RequestResult], step: int, window_s: float | No
     """Judge the measured requests of ``step`` (warm-up requests do not count)."""
     s = summarize((r for r in records if r.step == step and r.phase == "measure"), window_s, quantiles_for(slo))
     return s, judge(slo, s.percentiles, s.error_rate, s.completed)
+
+
+def token_times(r: RequestResult) -> list[tuple[float, float]]:
+    """When the client received its output tokens: (unix time, tokens). A streamed request's tokens are
+    spread over its content chunks (first at TTFT, then each inter-token gap); a non-streamed one's all
+    arrive with the response."""
+    if not r.ok or not r.completion_tokens or r.e2e_ms is None:
+        return []
+    if r.ttft_ms is None:
+        return [(r.started_at + r.e2e_ms / 1000, float(r.completion_tokens))]
+    t = r.started_at + r.ttft_ms / 1000
+    times = [t]
+    for gap in r.itl_ms:
+        t += gap / 1000
+        times.append(t)
+    per = r.completion_tokens / len(times)
+    return [(x, per) for x in times]
+
+
+def delivered_tokens_per_s(records: Iterable[RequestResult], start: float, end: float) -> float | None:
+    """Output tokens the clients received between ``start`` and ``end`` (unix times), per second: the
+    throughput actually served in that window, which flattens where the pool saturates while the
+    offered load keeps rising."""
+    if end <= start:
+        return None
+    total = sum(n for r in records for t, n in token_times(r) if start <= t < end)
+    return total / (end - start)
+

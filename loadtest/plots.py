@@ -91,11 +91,10 @@ def throughput_vs_rate(result: SignoffResult, path: Path) -> Path:
     steps = result.steps
     fig, ax = plt.subplots(figsize=(8, 4.6))
     rates = [s.rate for s in steps]
-    tps = [s.summary.output_tokens_per_s or 0.0 for s in steps]
-    mean_out = [(s.summary.completion_tokens / s.summary.completed) if s.summary.completed else 0.0 for s in steps]
-    offered = [r * m for r, m in zip(rates, mean_out, strict=True)]
-    ax.plot(rates, offered, ":", color="grey", label="offered (rate × mean output tokens)")
-    ax.plot(rates, tps, "-o", color="#4c78a8", label="served output tokens/s (measured window)")
+    tps = [s.served_tokens_per_s or 0.0 for s in steps]
+    offered = [s.summary.output_tokens_per_s or 0.0 for s in steps]
+    ax.plot(rates, offered, ":", color="grey", label="offered: output tokens asked for by the window's arrivals, per s")
+    ax.plot(rates, tps, "-o", color="#4c78a8", label="served: output tokens received in the window, per s")
     _mark_verdicts(ax, steps, tps)
     _max_rate_line(ax, result)
     if result.max_tokens_per_s is not None:

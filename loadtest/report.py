@@ -102,13 +102,13 @@ def markdown(result: SignoffResult, figures: dict[str, Path | None]) -> str:
         rows.append([
             f"{s.rate:g}", _num(m.arrival_rate, "{:.2f}"), str(m.completed), _errors(m),
             _ms(m.p("ttft", 0.5)), _ms(m.p("ttft", 0.99)), _ms(m.p("tpot", 0.5)), _ms(m.p("tpot", 0.99)),
-            _ms(m.p("itl", 0.99)), _ms(m.p("e2e", 0.99)), _num(m.output_tokens_per_s, "{:.0f}"), _verdict(s),
+            _ms(m.p("itl", 0.99)), _ms(m.p("e2e", 0.99)), _num(s.served_tokens_per_s, "{:.0f}"), _verdict(s),
         ])
     parts.append(_table(["offered /s", "arrived /s", "done", "errors", "TTFT p50", "TTFT p99", "TPOT p50",
                          "TPOT p99", "ITL p99", "E2E p99", "out tok/s", "verdict"], rows))
     parts.append("Latencies in milliseconds. *arrived /s* is the measured arrival rate (the offered rate's "
-                 "Poisson draw); *out tok/s* counts the output tokens of the step's measured requests over its "
-                 "measured window.")
+                 "Poisson draw); *out tok/s* is the output tokens clients received during the measured window, "
+                 "per second (served, not offered: it flattens where the pool saturates).")
     for key, alt in (("latency", "TTFT and TPOT vs offered rate"), ("throughput", "tokens/s vs offered rate")):
         if figures.get(key):
             parts.append(f"![{alt}]({figures[key].name})")
@@ -118,9 +118,9 @@ def markdown(result: SignoffResult, figures: dict[str, Path | None]) -> str:
     for s in result.steps:
         for name, t in sorted(s.tenants.items()):
             rows.append([f"{s.rate:g}", name, str(t.arrivals), _errors(t), _ms(t.p("ttft", 0.5)), _ms(t.p("ttft", 0.99)),
-                         _ms(t.p("tpot", 0.99)), _ms(t.p("e2e", 0.99)), _num(t.output_tokens_per_s, "{:.0f}")])
+                         _ms(t.p("tpot", 0.99)), _ms(t.p("e2e", 0.99)), str(t.prompt_tokens), str(t.completion_tokens)])
     parts.append(_table(["offered /s", "tenant", "arrivals", "errors", "TTFT p50", "TTFT p99", "TPOT p99", "E2E p99",
-                         "out tok/s"], rows))
+                         "tokens in", "tokens out"], rows))
     if figures.get("tenants"):
         parts.append(f"![per-tenant latency]({figures['tenants'].name})")
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.analysis import Summary, quantiles_for, summarize
+from loadtest.analysis import Summary, delivered_tokens_per_s, quantiles_for, summarize
 from loadtest.client import RequestResult
 from loadtest.config import LoadConfig
 from loadtest.ledger import Reconciliation
@@ -32,6 +32,7 @@ class StepResult:
     verdict: Verdict | None
     tenants: dict[str, Summary] = field(default_factory=dict)
     all_arrivals: int = 0  # warm-up included
+    served_tokens_per_s: float | None = None  # output tokens received during the measured window
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class SignoffResult:
 
     @property
     def max_tokens_per_s(self) -> float | None:
-        return self.max_step.summary.output_tokens_per_s if self.max_step else None
+        return self.max_step.served_tokens_per_s if self.max_step else None
 
     @property
     def target_passed(self) -> bool | None:
@@ -109,6 +110,7 @@ class SignoffResult:
             "stop_reason": self.stop_reason, "note": self.note,
             "steps": [{"index": s.index, "rate": s.rate, "verdict": s.verdict.to_dict() if s.verdict else None,
                        "summary": s.summary.to_dict(), "drained": s.drained,
+                       "served_tokens_per_s": s.served_tokens_per_s,
                        "tenants": {n: t.to_dict() for n, t in s.tenants.items()}} for s in self.steps],
             "ledger": self.ledger.to_dict() if self.ledger else None,
         }
@@ -126,8 +128,10 @@ def evaluate(data: RunData, slo: SLO | None, target_rate: float | None = None) -
         summary = summarize(mine, window, qs)
         verdict = judge(slo, summary.percentiles, summary.error_rate, summary.completed) if slo else None
         tenants = {t["name"]: summarize([r for r in mine if r.tenant == t["name"]], window, qs) for t in data.tenants}
+        this_step = [r for r in data.records if r.step == st["index"]]
         steps.append(StepResult(
             st["index"], st["rate"], st["measure_start"], st["measure_end"], st.get("warmup_start"), st.get("drain_end"),
-            st.get("drained"), summary, verdict, tenants, sum(1 for r in data.records if r.step == st["index"]),
+            st.get("drained"), summary, verdict, tenants, len(this_step),
+            delivered_tokens_per_s(this_step, st["measure_start"], st["measure_end"]),
         ))
     return SignoffResult(data, slo, steps, target_rate)

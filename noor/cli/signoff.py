@@ -89,7 +89,7 @@ def signoff(
         m = s.summary
         verdict = "–" if s.verdict is None else ("[green]pass[/green]" if s.verdict.passed else "[red]fail[/red]")
         table.add_row(f"{s.rate:g}", str(m.completed), f"{m.error_count} ({m.error_rate:.1%})",
-                      _fmt(m.p("ttft", 0.99)), _fmt(m.p("tpot", 0.99)), _fmt(m.output_tokens_per_s), verdict)
+                      _fmt(m.p("ttft", 0.99)), _fmt(m.p("tpot", 0.99)), _fmt(s.served_tokens_per_s), verdict)
     console.print(table)
     for s in result.steps:
         if s.verdict is not None and not s.verdict.passed:
