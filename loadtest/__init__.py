@@ -14,6 +14,7 @@ Pieces (one idea per module):
 - ``locustfile``: the Locust user, shape and events; runs standalone (``locust -f``) or under signoff.
 - ``provision`` / ``ledger``: tenants and keys through the admin API; reconciliation with the ledger.
 - ``scrape``: ``/metrics`` time series of the gateway and the engines.
-- ``analysis`` / ``plots`` / ``document`` / ``report``: from the run's files to Markdown, HTML and PNGs.
+- ``analysis`` / ``results``: percentiles, verdicts, served tokens/s, the maximum sustainable rate.
+- ``plots`` / ``report``: the run's files as Markdown, HTML and PNGs.
 - ``signoff``: the whole sign-off, as ``noor signoff`` runs it.
 """

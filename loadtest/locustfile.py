@@ -71,7 +71,8 @@ class Run:
             _ = c.chat.completions.with_raw_response  # the SDK loads its resources lazily: not on the first arrival
         self.seed = config.mix.seed if config.mix.seed is not None else random.randrange(2**32)
         self.mix = TrafficMix(config.mix, [(t.name, t.weight) for t in tenants], random.Random(self.seed))
-        self.arrivals = Arrivals(config.arrivals.burstiness, random.Random(config.arrivals.seed or self.seed + 1))
+        arrival_seed = config.arrivals.seed if config.arrivals.seed is not None else self.seed + 1
+        self.arrivals = Arrivals(config.arrivals.burstiness, random.Random(arrival_seed))
         self.pool = Pool(config.arrivals.max_concurrency)
         self.sweep = Sweep(sweep.step_rates(), sweep.warmup_s, sweep.duration_s, sweep.drain_s,
                            in_flight=lambda: len(self.pool), judge=self._judge, stop_on_fail=sweep.stop_on_fail)

@@ -212,7 +212,7 @@ code { background: #f5f5f5; padding: 0 3px; }
 
 
 def to_html(md: str, title: str) -> str:
-    body = MarkdownIt("commonmark").enable("table").render(md)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)  # notes, names: text, not markup
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n{body}</body></html>\n")
 
