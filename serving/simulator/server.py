@@ -404,7 +404,7 @@ class SimulatorServer:
     ) -> web.StreamResponse:
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-        continuous = include_usage and bool(options.get("continuous_usage_stats")) if isinstance(options, dict) else False
+        continuous = include_usage and bool(options.get("continuous_usage_stats"))
         created = int(time.time())
         model = self.model_name
         chat = kind == "chat"
@@ -439,7 +439,9 @@ class SimulatorServer:
                     "object": obj,
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+                    "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    ],
                 }
                 if continuous:
                     role["usage"] = usage(0)
