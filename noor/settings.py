@@ -53,8 +53,10 @@ class EngineSettings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
     health_interval_s: float = 2.0
-    health_timeout_s: float = 2.0
-    unhealthy_after_failures: int = 2
+    # A CPU-bound engine answers /health slowly under load; a short timeout would take a busy (not dead)
+    # engine out of rotation and turn load into 503s. Requests that fail to connect still count at once.
+    health_timeout_s: float = 5.0
+    unhealthy_after_failures: int = 3
     metrics_interval_s: float = 1.0
     max_retries: int = 2
 
