@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 
+#: Health checks go straight to the local engine, never through an HTTP(S)_PROXY from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 class EngineStartError(RuntimeError):
     """The engine exited, or did not become healthy in time. The message ends with its log's tail."""
@@ -130,7 +133,7 @@ class VLLMServer:
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """One GET /health: True on 200."""
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout_s) as response:
+            with _DIRECT.open(f"{self.url}/health", timeout=timeout_s) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
