@@ -89,7 +89,13 @@ class LocalEngineSettings(BaseModel):
     kv_cache_gib: int = 2
     max_model_len: int = 2048
     max_num_seqs: int = 64
-    startup_timeout_s: float = 600.0
+    startup_timeout_s: float = 900.0
+    cpu_threads_bind: str | None = Field(
+        default="nobind",
+        description="VLLM_CPU_OMP_THREADS_BIND on CPU hosts. vLLM's default pins its worker to one core, which "
+        "starves it on small machines; None keeps vLLM's default (right on a dedicated many-core host).",
+    )
+    enforce_eager: bool = Field(default=False, description="Skip graph compilation: faster start, slower decode.")
 
 
 class Settings(BaseSettings):
