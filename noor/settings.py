@@ -42,6 +42,7 @@ class StoreSettings(BaseModel):
     redis_prefix: str = Field(default="noor:", description="Namespace of every Redis key Noor writes.")
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
+    redis_max_connections: int = Field(default=64, description="Per gateway process; requests queue for one beyond it.")
     redis_retry_after_s: float = Field(
         default=1.0, description="After Redis fails, calls fail fast for this long before it is tried again."
     )

@@ -104,7 +104,8 @@ class RedisStore(Store):
         if options is None:
             return cls(make_client(url))
         client = make_client(
-            url, connect_timeout_s=options.redis_connect_timeout_s, socket_timeout_s=options.redis_socket_timeout_s
+            url, connect_timeout_s=options.redis_connect_timeout_s, socket_timeout_s=options.redis_socket_timeout_s,
+            max_connections=options.redis_max_connections,
         )
         return cls(
             client, prefix=options.redis_prefix, breaker=Breaker(options.redis_retry_after_s),

@@ -31,17 +31,27 @@ class StoreUnavailable(ConnectionError):
     """Redis cannot be reached (now, or it failed less than ``retry_after_s`` ago)."""
 
 
-def make_client(url: str, *, connect_timeout_s: float = 0.5, socket_timeout_s: float = 1.0) -> aioredis.Redis:
-    """A pooled asyncio client. One retry on a fresh connection (a restarted Redis leaves stale ones in
-    the pool), no backoff: the breaker, not the client, decides how long to wait."""
-    return aioredis.Redis.from_url(
+def make_client(
+    url: str, *, connect_timeout_s: float = 0.5, socket_timeout_s: float = 1.0, max_connections: int = 64
+) -> aioredis.Redis:
+    """A pooled asyncio client.
+
+    The pool blocks (up to the socket timeout) when all its connections are busy, rather than failing:
+    a burst of requests must queue for a connection, not be mistaken for Redis being down. One retry on
+    a fresh connection (a restarted Redis leaves stale ones in the pool), no backoff: the breaker, not
+    the client, decides how long to wait.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=socket_timeout_s,
         socket_connect_timeout=connect_timeout_s,
         socket_timeout=socket_timeout_s,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class Breaker:
