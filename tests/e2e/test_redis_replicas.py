@@ -20,9 +20,8 @@ import openai
 import pytest
 from multidict import CIMultiDict
 
-from router.keys import create_key
 from router.store.base import TenantLimits
-from router.store.redis import RedisStore
+from tests.store_helpers import new_tenant, revoke, wait_for_records
 from tests.processes import ServerProcess, gateway_replica, stub_upstream, write_catalog
 from tests.redis_server import REDIS_BIN, RedisServer
 
@@ -67,25 +66,6 @@ def redis(tmp_path):
         yield server
 
 
-async def new_tenant(redis: RedisServer, name: str, limits: TenantLimits) -> tuple[str, str, str]:
-    """(tenant id, key id, secret), made straight in the shared store."""
-    store = RedisStore.from_url(redis.url)
-    try:
-        tenant = await store.create_tenant(name, limits=limits)
-        key, secret = await create_key(store, tenant.id)
-        return tenant.id, key.id, secret
-    finally:
-        await store.close()
-
-
-async def ledger_records(redis: RedisServer, tenant_id: str) -> list:
-    store = RedisStore.from_url(redis.url)
-    try:
-        return await store.usage_records(tenant_id=tenant_id)
-    finally:
-        await store.close()
-
-
 async def chat(session: aiohttp.ClientSession, gateway: ServerProcess, secret: str, **body) -> tuple[int, CIMultiDict, dict]:
     payload = {"model": MODEL, "messages": HELLO, "max_tokens": 50, **body}
     async with session.post(gateway.url + "/v1/chat/completions", json=payload,
@@ -96,7 +76,7 @@ async def chat(session: aiohttp.ClientSession, gateway: ServerProcess, secret: s
 
 async def test_a_tpm_limit_holds_across_both_replicas(redis, catalog, tmp_path):
     limit = 3000
-    tenant, _, secret = await new_tenant(redis, "tpm", TenantLimits(tokens_per_minute=limit))
+    tenant, _, secret = await new_tenant(redis.url, "tpm", TenantLimits(tokens_per_minute=limit))
     with replicas(tmp_path, redis, catalog) as gws:
         sem = asyncio.Semaphore(32)
         async with aiohttp.ClientSession() as s:
@@ -117,7 +97,7 @@ async def test_a_tpm_limit_holds_across_both_replicas(redis, catalog, tmp_path):
 
 
 async def test_a_concurrency_cap_holds_across_both_replicas(redis, catalog, tmp_path, stub):
-    tenant, _, secret = await new_tenant(redis, "conc", TenantLimits(max_concurrent=3))
+    tenant, _, secret = await new_tenant(redis.url, "conc", TenantLimits(max_concurrent=3))
     with replicas(tmp_path, redis, catalog) as gws:
         httpx.post(stub.url + "/stats/reset")
         async with aiohttp.ClientSession() as s:
@@ -132,7 +112,7 @@ async def test_a_concurrency_cap_holds_across_both_replicas(redis, catalog, tmp_
 
 
 async def test_the_sdk_sees_a_rate_limit_error_with_a_usable_retry_after(redis, catalog, tmp_path):
-    _, _, secret = await new_tenant(redis, "sdk", TenantLimits(requests_per_minute=1))
+    _, _, secret = await new_tenant(redis.url, "sdk", TenantLimits(requests_per_minute=1))
     with replicas(tmp_path, redis, catalog, LIMITS__WINDOW_S="2") as gws:
         a = openai.OpenAI(base_url=gws[0].url + "/v1", api_key=secret, max_retries=0)
         b = openai.OpenAI(base_url=gws[1].url + "/v1", api_key=secret, max_retries=0)
@@ -171,15 +151,6 @@ async def _load(gws: list[ServerProcess], secret: str, seconds: float, rate: flo
     return out
 
 
-async def _wait_for_records(redis: RedisServer, tenant: str, n: int, timeout: float = 20.0) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        records = await ledger_records(redis, tenant)
-        if len(records) >= n or time.monotonic() > deadline:
-            return records
-        await asyncio.sleep(0.3)
-
-
 class Outage:
     """Kill Redis at ``down_at`` seconds into the load and start it again (same port, same data) at ``up_at``."""
 
@@ -196,31 +167,27 @@ class Outage:
 
 
 async def test_redis_killed_mid_load_fail_open_loses_no_usage_and_revoke_works_after(redis, catalog, tmp_path):
-    tenant, key_id, secret = await new_tenant(redis, "outage", TenantLimits(requests_per_minute=100_000, tokens_per_minute=10_000_000))
+    tenant, key_id, secret = await new_tenant(redis.url, "outage", TenantLimits(requests_per_minute=100_000, tokens_per_minute=10_000_000))
     with replicas(tmp_path, redis, catalog) as gws:
         results = await _load(gws, secret, seconds=6.0, rate=60, during=Outage(redis, 1.5, 3.5))
         statuses = [s for s, _ in results]
         assert statuses.count(200) == len(results), {s: statuses.count(s) for s in set(statuses)}
         ok_ids = {rid for s, rid in results if s == 200}
-        records = await _wait_for_records(redis, tenant, len(ok_ids))
+        records = await wait_for_records(redis.url, tenant, len(ok_ids))
         ids = [r.request_id for r in records]
         assert len(ids) == len(set(ids)) == len(ok_ids) and set(ids) == ok_ids  # none lost, none twice
         assert all(r.completion_tokens == 8 for r in records)
         logs = "".join(g.log() for g in gws)
         assert "enforcing limits locally" in logs and "Redis reachable again" in logs
         # a key revoked after Redis came back fails at once on both replicas
-        store = RedisStore.from_url(redis.url)
-        try:
-            assert await store.revoke_key(key_id)
-        finally:
-            await store.close()
+        assert await revoke(redis.url, key_id)
         async with aiohttp.ClientSession() as s:
             assert [(await chat(s, g, secret))[0] for g in gws] == [401, 401]
 
 
 async def test_fail_closed_answers_503_not_401_and_recovers(redis, catalog, tmp_path):
-    limited, _, limited_secret = await new_tenant(redis, "limited", TenantLimits(requests_per_minute=100_000))
-    free, _, free_secret = await new_tenant(redis, "free", TenantLimits())
+    limited, _, limited_secret = await new_tenant(redis.url, "limited", TenantLimits(requests_per_minute=100_000))
+    free, _, free_secret = await new_tenant(redis.url, "free", TenantLimits())
     with replicas(tmp_path, redis, catalog, LIMITS__ON_STORE_FAILURE="closed") as gws:
         async with aiohttp.ClientSession() as s:
             for g in gws:  # both keys known (cached) by both replicas
@@ -233,5 +200,5 @@ async def test_fail_closed_answers_503_not_401_and_recovers(redis, catalog, tmp_
             redis.start()
             await asyncio.sleep(0.5)
             assert [(await chat(s, g, limited_secret))[0] for g in gws] == [200, 200]
-        records = await _wait_for_records(redis, free, 4)
+        records = await wait_for_records(redis.url, free, 4)
         assert len(records) == 4  # the two served during the outage came back from the spool
