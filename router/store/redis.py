@@ -120,6 +120,8 @@ class RedisStore(Store):
         return self.prefix + ":".join(parts)
 
     async def start(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.start()
         if self.ledger_aggregate:
             self.ledger.start()
 
@@ -349,9 +351,13 @@ class _PubSubEpoch:
         self._connected = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    async def current(self) -> tuple[int, int]:
+    def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="auth-pubsub")
+
+    async def current(self) -> tuple[int, int]:
+        self.start()
+        if self._generation == 0:  # never subscribed yet: give the first subscription a moment
             try:
                 await asyncio.wait_for(self._connected.wait(), 2.0)
             except TimeoutError:
@@ -368,6 +374,14 @@ class _PubSubEpoch:
                 # Wait for the server's confirmation: from then on no change can slip past.
                 while (msg := await pubsub.get_message(timeout=1.0)) is None or msg["type"] != "subscribe":
                     pass
+                # A new generation drops every replica's key cache, so the lookups that follow must be
+                # able to reach Redis: wait until ordinary commands pass the breaker too.
+                while True:
+                    try:
+                        await self._breaker.call(self._client.ping)
+                        break
+                    except StoreUnavailable:
+                        await asyncio.sleep(self._breaker.retry_after_s / 2)
                 self._generation += 1
                 self._connected.set()
                 async for msg in pubsub.listen():

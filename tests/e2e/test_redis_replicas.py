@@ -166,9 +166,10 @@ class Outage:
             self.state = "back"
 
 
-async def test_redis_killed_mid_load_fail_open_loses_no_usage_and_revoke_works_after(redis, catalog, tmp_path):
+@pytest.mark.parametrize("auth", ["version", "pubsub"])
+async def test_redis_killed_mid_load_fail_open_loses_no_usage_and_revoke_works_after(redis, catalog, tmp_path, auth):
     tenant, key_id, secret = await new_tenant(redis.url, "outage", TenantLimits(requests_per_minute=100_000, tokens_per_minute=10_000_000))
-    with replicas(tmp_path, redis, catalog) as gws:
+    with replicas(tmp_path, redis, catalog, STORE__AUTH_INVALIDATION=auth) as gws:
         results = await _load(gws, secret, seconds=6.0, rate=60, during=Outage(redis, 1.5, 3.5))
         statuses = [s for s, _ in results]
         assert statuses.count(200) == len(results), {s: statuses.count(s) for s in set(statuses)}
@@ -188,6 +189,7 @@ async def test_redis_killed_mid_load_fail_open_loses_no_usage_and_revoke_works_a
 async def test_fail_closed_answers_503_not_401_and_recovers(redis, catalog, tmp_path):
     limited, _, limited_secret = await new_tenant(redis.url, "limited", TenantLimits(requests_per_minute=100_000))
     free, _, free_secret = await new_tenant(redis.url, "free", TenantLimits())
+    _, _, unseen_secret = await new_tenant(redis.url, "unseen", TenantLimits())  # valid, never used yet
     with replicas(tmp_path, redis, catalog, LIMITS__ON_STORE_FAILURE="closed") as gws:
         async with aiohttp.ClientSession() as s:
             for g in gws:  # both keys known (cached) by both replicas
@@ -197,6 +199,9 @@ async def test_fail_closed_answers_503_not_401_and_recovers(redis, catalog, tmp_
             during = [await chat(s, g, sec) for g in gws for sec in (limited_secret, free_secret)]
             assert [d[0] for d in during] == [503, 200, 503, 200]
             assert during[0][2]["error"]["code"] == "limits_unavailable" and during[0][1]["retry-after"] == "1"
+            # a valid key no replica has cached yet cannot be checked: 503, never a false 401
+            status, _, body = await chat(s, gws[0], unseen_secret)
+            assert status == 503 and body["error"]["code"] == "store_unavailable"
             redis.start()
             await asyncio.sleep(0.5)
             assert [(await chat(s, g, limited_secret))[0] for g in gws] == [200, 200]
