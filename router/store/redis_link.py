@@ -36,15 +36,17 @@ def make_client(
 ) -> aioredis.Redis:
     """A pooled asyncio client.
 
-    The pool blocks (up to the socket timeout) when all its connections are busy, rather than failing:
-    a burst of requests must queue for a connection, not be mistaken for Redis being down. One retry on
+    The pool makes a caller wait when all its connections are busy, rather than failing: a burst of
+    requests must queue for a connection, not be mistaken for Redis being down (it was, in a test: 150
+    concurrent reserves opened the breaker). The wait is bounded anyway: a connection is held at most
+    for the socket timeout, and once Redis fails the breaker turns callers away before the pool. One retry on
     a fresh connection (a restarted Redis leaves stale ones in the pool), no backoff: the breaker, not
     the client, decides how long to wait.
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=socket_timeout_s,
+        timeout=None,
         socket_connect_timeout=connect_timeout_s,
         socket_timeout=socket_timeout_s,
         retry=Retry(NoBackoff(), 1),
