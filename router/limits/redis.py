@@ -157,6 +157,8 @@ class RedisLimiter(Limiter):
                 owed = (res.tenant_id, res.budget_key)
                 self._owed[owed] = self._owed.get(owed, 0) + actual
             return
+        if not (res.tokens or res.concurrency or res.budget_key):
+            return  # requests per minute only: nothing to give back, no round trip
         if res.concurrency:
             running = self._running.get(res.tenant_id)
             if running is not None:
