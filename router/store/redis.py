@@ -113,7 +113,7 @@ class RedisStore(Store):
             ledger_batch=options.ledger_batch, ledger_claim_idle_s=options.ledger_claim_idle_s,
             retention_days=options.usage_records_retention_days,
             # a blocking read must end well before the socket timeout would call it a failure
-            block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 500))),
+            block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 250))),
         )
 
     def _k(self, *parts: str) -> str:

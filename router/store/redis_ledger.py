@@ -96,6 +96,9 @@ class UsageLedger:
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.retention_s = retention_days * 86400
         self.block_ms = block_ms
+        # The background aggregator has a breaker of its own: its blocking reads must never make the
+        # request path believe Redis is away.
+        self._bg_breaker = Breaker(breaker.retry_after_s)
         self._fold = client.register_script(_FOLD)
         self._group_ready = False
         self._task: asyncio.Task | None = None
@@ -201,7 +204,7 @@ class UsageLedger:
                 if c["pending"] == 0 and c["idle"] > 86_400_000 and name != self.consumer:
                     await self._r.xgroup_delconsumer(self.stream, GROUP, name)
 
-        await self._breaker.call(go)
+        await self._bg_breaker.call(go)
 
     # ---- the background aggregator
     def start(self) -> None:
@@ -222,18 +225,18 @@ class UsageLedger:
             try:
                 now = time.monotonic()
                 if now >= next_claim:
-                    await self._breaker.call(self._ensure_group)
-                    await self._breaker.call(self._claim)
+                    await self._bg_breaker.call(self._ensure_group)
+                    await self._bg_breaker.call(self._claim)
                     next_claim = now + max(self.claim_idle_ms / 2000, 0.2)
                 if now >= next_maintenance:
                     await self.maintain()
                     next_maintenance = now + 3600
-                await self._breaker.call(lambda: self._read(self.block_ms))
+                await self._bg_breaker.call(lambda: self._read(self.block_ms))
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable:
                 self._group_ready = False
-                await asyncio.sleep(self._breaker.retry_after_s)
+                await asyncio.sleep(self._bg_breaker.retry_after_s)
             except Exception:
                 log.exception("usage ledger aggregator failed; retrying")
                 await asyncio.sleep(1.0)
