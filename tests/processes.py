@@ -110,6 +110,9 @@ def gateway_replica(data_dir: Path, *, redis_url: str, catalog: Path, admin_toke
         "NOOR_STORE__URL": redis_url, "NOOR_SERVER__ADMIN_TOKEN": admin_token,
         "NOOR_STORE__USAGE_FLUSH_INTERVAL_S": "0.1", "NOOR_STORE__REDIS_RETRY_AFTER_S": "0.3",
         "NOOR_ENGINE__HEALTH_INTERVAL_S": "0.5",
+        # A killed Redis refuses connections at once; generous timeouts keep a CPU-starved test machine
+        # from passing for an outage.
+        "NOOR_STORE__REDIS_SOCKET_TIMEOUT_S": "5", "NOOR_STORE__REDIS_CONNECT_TIMEOUT_S": "2",
     }
     env.update({"NOOR_" + k: v for k, v in settings.items()})
     args = [sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",

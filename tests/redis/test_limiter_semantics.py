@@ -36,7 +36,7 @@ async def refused(limiter, c: RequestContext) -> OpenAIError:
 
 
 def redis_limiter(url: str, **kw) -> RedisLimiter:
-    return RedisLimiter(make_client(url), Breaker(0.2), **kw)
+    return RedisLimiter(make_client(url, socket_timeout_s=5.0), Breaker(0.2), **kw)
 
 
 @pytest.fixture(params=["redis", "local"])
