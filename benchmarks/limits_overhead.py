@@ -63,13 +63,13 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-def start_gateway(data: Path, redis_url: str, stub_url: str, auth: str) -> tuple[subprocess.Popen, str]:
+def start_gateway(data: Path, redis_url: str, stub_url: str, auth: str, **extra: str) -> tuple[subprocess.Popen, str]:
     data.mkdir(parents=True, exist_ok=True)
     catalog = data / "catalog.toml"
     catalog.write_text(f'[pools.stub]\nengine = "vllm"\nendpoints = ["{stub_url}"]\n\n[models.{MODEL}]\npool = "stub"\n')
     port = free_port()
     env = {"NOOR_CATALOG_PATH": str(catalog), "NOOR_DATA_DIR": str(data), "NOOR_STORE__URL": redis_url,
-           "NOOR_STORE__AUTH_INVALIDATION": auth}
+           "NOOR_STORE__AUTH_INVALIDATION": auth, **{"NOOR_" + k: v for k, v in extra.items()}}
     proc = spawn([sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
                   "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
                   "--no-access-log"], env)

@@ -38,6 +38,7 @@ from router.limits.periods import budget_period
 from router.limits.redis_scripts import CHARGE, RENEW, RESERVE, SETTLE
 from router.limits.reservation import Reservation, actual_tokens, limited, request_cost
 from router.store.base import TenantLimits
+from router.store.redis_batch import AutoPipeline
 from router.store.redis_link import Breaker, StoreUnavailable
 from serving.backends.base import Usage
 
@@ -66,8 +67,10 @@ class RedisLimiter(Limiter):
         lease_s: float = 60.0,
         on_store_failure: Literal["open", "closed"] = "open",
         fail_open_share: float = 1.0,
+        batch: AutoPipeline | None = None,
     ) -> None:
         self._r = client
+        self._batch = batch or AutoPipeline(client)
         self.breaker = breaker
         self.prefix = prefix
         self.window_ms = int(window_s * 1000)
@@ -91,7 +94,7 @@ class RedisLimiter(Limiter):
         return cls(
             store.client, store.breaker, prefix=store.prefix, window_s=settings.window_s,
             lease_s=settings.concurrency_lease_s, on_store_failure=settings.on_store_failure,
-            fail_open_share=settings.fail_open_share,
+            fail_open_share=settings.fail_open_share, batch=store.batch,
         )
 
     def _keys(self, tenant_id: str, budget_key: str | None) -> list[str]:
@@ -128,7 +131,7 @@ class RedisLimiter(Limiter):
                 int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
         keys = self._keys(ident.tenant_id, budget_key)
         try:
-            raw = await self.breaker.call(lambda: self._reserve(keys=keys, args=args))
+            raw = await self.breaker.call(lambda: self._batch.script(self._reserve, keys, args))
         except StoreUnavailable:
             await self._reserve_degraded(ctx, lim, cost)
             return
@@ -168,7 +171,7 @@ class RedisLimiter(Limiter):
         keys = self._keys(res.tenant_id, res.budget_key)
         settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
         try:
-            await self.breaker.call(lambda: self._settle(keys=settle_keys, args=args))
+            await self.breaker.call(lambda: self._batch.script(self._settle, settle_keys, args))
         except StoreUnavailable:
             if len(self._unsettled) < _MAX_BACKLOG:
                 self._unsettled.append((settle_keys, args))

@@ -41,6 +41,7 @@ from router.store.base import (
     UsageTotal,
     effective_models,
 )
+from router.store.redis_batch import AutoPipeline
 from router.store.redis_ledger import UsageLedger, day_of
 from router.store.redis_link import REDIS_DOWN, Breaker, StoreUnavailable, make_client
 
@@ -84,8 +85,10 @@ class RedisStore(Store):
         ledger_claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,
+        autopipeline: bool = True,
     ) -> None:
         self.client = client
+        self.batch = AutoPipeline(client, enabled=autopipeline)
         self.prefix = prefix
         self.breaker = breaker or Breaker()
         self.auth_invalidation = auth_invalidation
@@ -114,6 +117,7 @@ class RedisStore(Store):
             retention_days=options.usage_records_retention_days,
             # a blocking read must end well before the socket timeout would call it a failure
             block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 250))),
+            autopipeline=options.redis_autopipeline,
         )
 
     def _k(self, *parts: str) -> str:
@@ -269,7 +273,7 @@ class RedisStore(Store):
     async def auth_epoch(self) -> object:
         if self._pubsub is not None:
             return await self._pubsub.current()
-        return await self.breaker.call(lambda: self.client.get(self._epoch_key))
+        return await self.breaker.call(lambda: self.batch.execute("GET", self._epoch_key))
 
     # ---- usage
     async def add_usage(self, records: list[UsageRecord]) -> None:
