@@ -149,6 +149,19 @@ async def test_settling_twice_corrects_once(make):
     assert b.headers["x-ratelimit-remaining-tokens"] == "0" and b.headers["x-ratelimit-remaining-budget"] == "0"
 
 
+async def test_reserving_twice_charges_once(redis_url):
+    lim = redis_limiter(redis_url)
+    limits = TenantLimits(requests_per_minute=5, tokens_per_minute=100, max_concurrent=5, token_budget=100)
+    a = ctx(limits, prompt=10, max_tokens=50)
+    await lim.reserve(a)
+    await lim.reserve(a)  # the script ran, its reply was lost, the client sent it again
+    b = ctx(limits, prompt=10, max_tokens=30)
+    await lim.reserve(b)
+    assert b.headers["x-ratelimit-remaining-requests"] == "3" and b.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert b.headers["x-ratelimit-remaining-budget"] == "0"
+    await lim.close()
+
+
 async def test_the_window_slides(make):
     lim = make(window_s=0.4)
     limits = TenantLimits(requests_per_minute=2)
