@@ -82,7 +82,12 @@ class TelemetrySettings(BaseModel):
     traces_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str | None = Field(default=None, description="None: the exporter's default (localhost).")
     otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
-    traces_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    traces_sample_ratio: float = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="Share of requests traced (decided on the trace id). A traced request costs the gateway "
+        "~8 spans built and OTLP-encoded in Python (see benchmarks/telemetry_overhead.py), so production "
+        "samples; set 1.0 to trace everything while debugging.",
+    )
     service_name: str = "noor-gateway"
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

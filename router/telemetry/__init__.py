@@ -73,11 +73,11 @@ class Telemetry:
 
             metrics = GatewayMetrics(max_tenant_labels=settings.max_tenant_labels)
         if span_exporter is not None or settings.traces_exporter != "none":
-            from router.telemetry.tracing import Tracing, make_exporter, make_provider
+            from router.telemetry.tracing import Tracing, make_exporter
 
             exporter = span_exporter or make_exporter(settings)
             assert exporter is not None
-            tracing = Tracing(make_provider(settings, exporter))
+            tracing = Tracing.from_settings(settings, exporter)
         if settings.access_log:
             from router.telemetry.logs import AccessLog
 

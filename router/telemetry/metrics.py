@@ -13,12 +13,17 @@ anything a client typed (an unknown model name is reported as "").
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from router.context import RequestContext
 from router.errors import OpenAIError
 from router.store.base import UsageRecord
 from router.telemetry.reasons import refusal_reason
+from router.telemetry.series import CounterVec, HistogramVec
 from router.telemetry.timing import Timings
 
 OTHER_TENANT = "_other"
@@ -31,70 +36,66 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
-class GatewayMetrics:
-    """Every metric the gateway exports except the scrape-time ones (see ``GatewayCollector``)."""
+class GatewayMetrics(Collector):
+    """Every metric the gateway exports except the scrape-time gauges (see ``GatewayCollector``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, max_tenant_labels: int = 1000) -> None:
-        # The *_created series double what Prometheus stores and no dashboard reads them. (The switch
-        # is process-wide; the gateway's process exports nothing else.)
-        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         self._max_tenants = max_tenant_labels
         self._tenants: set[str] = set()
-        r = self.registry
-        self.requests = Counter(
+        self.requests = CounterVec(
             "noor_requests", "Requests answered, by tenant, model, pool and HTTP status.",
-            ["tenant", "model", "pool", "status"], registry=r,
+            ["tenant", "model", "pool", "status"],
         )
-        self.tokens = Counter(
+        self.tokens = CounterVec(
             "noor_tokens", "Metered tokens (the engine's own counts), by tenant, model and type (input|output).",
-            ["tenant", "model", "type"], registry=r,
+            ["tenant", "model", "type"],
         )
-        self.admitted = Counter(
+        self.admitted = CounterVec(
             "noor_requests_admitted", "Requests placed on an engine endpoint, by tenant, pool and priority.",
-            ["tenant", "pool", "priority"], registry=r,
+            ["tenant", "pool", "priority"],
         )
-        self.rejected = Counter(
+        self.rejected = CounterVec(
             "noor_requests_rejected",
             "Requests refused by the gateway, by tenant and reason "
             "(auth, validation, limit, budget, deadline, no_capacity, client_closed, error).",
-            ["tenant", "reason"], registry=r,
+            ["tenant", "reason"],
         )
-        self.ttft = Histogram(
+        self.ttft = HistogramVec(
             "noor_time_to_first_token_seconds", "Arrival at the gateway to the first streamed token.",
-            ["tenant", "model", "pool"], buckets=TTFT_BUCKETS, registry=r,
+            ["tenant", "model", "pool"], TTFT_BUCKETS,
         )
-        self.itl = Histogram(
+        self.itl = HistogramVec(
             "noor_inter_token_latency_seconds", "Mean time per output token after the first, per streamed request.",
-            ["model", "pool"], buckets=ITL_BUCKETS, registry=r,
+            ["model", "pool"], ITL_BUCKETS,
         )
-        self.e2e = Histogram(
+        self.e2e = HistogramVec(
             "noor_request_duration_seconds", "Arrival at the gateway to the last byte sent.",
-            ["tenant", "model", "pool"], buckets=E2E_BUCKETS, registry=r,
+            ["tenant", "model", "pool"], E2E_BUCKETS,
         )
-        self.overhead = Histogram(
+        self.overhead = HistogramVec(
             "noor_gateway_added_latency_seconds",
             "Latency the gateway itself adds: phase=pre_upstream (arrival to engine call, queue wait "
             "excluded) once per request, phase=relay_chunk (mean relay time of one chunk) once per stream.",
-            ["pool", "phase"], buckets=OVERHEAD_BUCKETS, registry=r,
+            ["pool", "phase"], OVERHEAD_BUCKETS,
         )
-        self.upstream_ttfb = Histogram(
+        self.upstream_ttfb = HistogramVec(
             "noor_upstream_time_to_first_byte_seconds", "Engine call to the engine's response headers.",
-            ["pool"], buckets=TTFT_BUCKETS, registry=r,
+            ["pool"], TTFT_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = HistogramVec(
             "noor_queue_wait_seconds", "Time waiting for admission, by pool and priority.",
-            ["pool", "priority"], buckets=QUEUE_BUCKETS, registry=r,
+            ["pool", "priority"], QUEUE_BUCKETS,
         )
-        # Children by label tuple: prometheus_client's .labels() validates and locks on every call.
-        self._cache: dict[tuple, object] = {}
+        self._families = [v for v in vars(self).values() if isinstance(v, CounterVec | HistogramVec)]
+        self.registry.register(self)
 
-    def _child(self, metric, *labels: str):
-        key = (id(metric), *labels)
-        child = self._cache.get(key)
-        if child is None:
-            child = self._cache[key] = metric.labels(*labels)
-        return child
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self._families:
+            yield fam.family()
 
     def tenant_label(self, tenant_id: str) -> str:
         """The tenant as a label value; past ``max_tenant_labels`` distinct tenants, '_other'."""
@@ -109,9 +110,9 @@ class GatewayMetrics:
         """``Meter`` observer: count exactly the tokens of the usage record just written."""
         tenant = self.tenant_label(rec.tenant_id)
         if rec.prompt_tokens:
-            self._child(self.tokens, tenant, rec.model, "input").inc(rec.prompt_tokens)
+            self.tokens.inc((tenant, rec.model, "input"), rec.prompt_tokens)
         if rec.completion_tokens:
-            self._child(self.tokens, tenant, rec.model, "output").inc(rec.completion_tokens)
+            self.tokens.inc((tenant, rec.model, "output"), rec.completion_tokens)
 
     def observe_request(self, ctx: RequestContext, t: Timings) -> None:
         """Record a finished (or refused) request."""
@@ -119,28 +120,27 @@ class GatewayMetrics:
         tenant = self.tenant_label(identity.tenant_id) if identity is not None else ""
         # Only catalog names become labels: a client's unknown model name is free text.
         model_name, pool = (model.name, model.pool) if model is not None else ("", "")
-        self._child(self.requests, tenant, model_name, pool, str(ctx.status)).inc()
+        self.requests.inc((tenant, model_name, pool, str(ctx.status)))
         # Refused: answered with the gateway's own error (at any stage, including "every engine
         # failed"), or the client left while it still waited for admission.
         if isinstance(ctx.error, OpenAIError):
-            self._child(self.rejected, tenant, refusal_reason(ctx.error)).inc()
+            self.rejected.inc((tenant, refusal_reason(ctx.error)))
         elif ctx.outcome == "cancelled" and ctx.admitted_at is None:
-            self._child(self.rejected, tenant, "client_closed").inc()
+            self.rejected.inc((tenant, "client_closed"))
         priority = identity.priority if identity is not None else ""
         if t.queue_wait is not None:
-            self._child(self.queue_wait, pool, priority).observe(t.queue_wait)
+            self.queue_wait.observe((pool, priority), t.queue_wait)
         if ctx.admitted_at is None:
             return
-        self._child(self.admitted, tenant, pool, priority).inc()
-        self._child(self.e2e, tenant, model_name, pool).observe(t.total)
+        self.admitted.inc((tenant, pool, priority))
+        self.e2e.observe((tenant, model_name, pool), t.total)
         if t.ttft is not None:
-            self._child(self.ttft, tenant, model_name, pool).observe(t.ttft)
+            self.ttft.observe((tenant, model_name, pool), t.ttft)
         if t.itl is not None:
-            self._child(self.itl, model_name, pool).observe(t.itl)
+            self.itl.observe((model_name, pool), t.itl)
         if t.pre_upstream is not None:
-            self._child(self.overhead, pool, "pre_upstream").observe(t.pre_upstream)
+            self.overhead.observe((pool, "pre_upstream"), t.pre_upstream)
         if t.relay_per_chunk is not None:
-            self._child(self.overhead, pool, "relay_chunk").observe(t.relay_per_chunk)
+            self.overhead.observe((pool, "relay_chunk"), t.relay_per_chunk)
         if t.upstream_ttfb is not None:
-            self._child(self.upstream_ttfb, pool).observe(t.upstream_ttfb)
-
+            self.upstream_ttfb.observe((pool,), t.upstream_ttfb)

@@ -79,6 +79,7 @@ def traced(proxy, smollm2_dir: Path, tmp_path_factory):
     data = tmp_path_factory.mktemp("traced")
     settings = Settings(data_dir=data, cache_dir=data / "cache", _env_file=None)
     settings.store.usage_flush_interval_s = 0.05
+    settings.telemetry.traces_sample_ratio = 1.0
     catalog = Catalog.from_dict({
         "pools": {"via-proxy": {"engine": "vllm", "endpoints": [proxy.url]}},
         "models": {MODEL_A: {"pool": "via-proxy", "context_length": 2048, "tokenizer": str(smollm2_dir / "tokenizer.json")}},
@@ -92,7 +93,7 @@ def traced(proxy, smollm2_dir: Path, tmp_path_factory):
 
 
 def _spans(server):
-    server.gateway.telemetry.tracing.provider.force_flush()
+    server.gateway.telemetry.tracing.force_flush()
     return list(server.exporter.get_finished_spans())
 
 

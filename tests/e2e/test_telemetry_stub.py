@@ -53,10 +53,10 @@ def _gateway(tmp_path_factory, stub_url: str, *, exporter=None, **telemetry) -> 
     settings = Settings(data_dir=data, cache_dir=data / "cache", _env_file=None)
     settings.store.usage_flush_interval_s = 0.05
     settings.engine.max_retries = 1
+    settings.engine.health_interval_s = 3600.0  # probed once at start: tests set endpoint health themselves
+    settings.telemetry.traces_sample_ratio = 1.0  # every request traced: the tests look at each one
     for k, v in telemetry.items():
         setattr(settings.telemetry, k, v)
-    # The dead endpoint is probed as down at start, so the flaky pool's first attempt must be forced
-    # onto it by marking it healthy (see the failover test).
     return Gateway(settings, _catalog(stub_url, f"http://127.0.0.1:{free_port()}"), span_exporter=exporter)
 
 
@@ -77,7 +77,7 @@ class Served:
         return httpx.post(self.server.url + path, json=body, headers={"authorization": f"Bearer {secret}"}, timeout=30)
 
     def spans(self):
-        self.gw.telemetry.tracing.provider.force_flush()
+        self.gw.telemetry.tracing.force_flush()
         return list(self.exporter.get_finished_spans())
 
     def usage(self, request_id: str):
@@ -141,13 +141,17 @@ def test_streamed_request_span_tree_and_traceparent_on_the_wire(traced, stub):
 
 def test_failover_shows_each_engine_attempt(traced, stub):
     _, secret = traced.key("failover")
-    flaky = traced.gw.pools["flaky"]
-    flaky.endpoints[0].healthy = True  # the dead endpoint is still "in rotation": the first try fails
-    flaky.endpoints[1].inflight += 1  # ... and least-outstanding picks it first
+    dead, live = traced.gw.pools["flaky"].endpoints
+
+    async def tilt(on: bool) -> None:  # on the gateway's loop, between its requests
+        dead.healthy, dead.consecutive_failures = on, 0  # the dead endpoint is still "in rotation"...
+        live.inflight += 1 if on else -1  # ... and least-outstanding picks it first: the first try fails
+
+    traced.server.call(tilt(True))
     try:
         r = traced.post(secret, {"model": "stub-flaky", "messages": [{"role": "user", "content": "x"}], "stream": True})
     finally:
-        flaky.endpoints[1].inflight -= 1
+        traced.server.call(tilt(False))
     assert r.status_code == 200
     rid = r.headers["x-request-id"]
     ups = sorted((s for s in spans_of(traced.spans(), rid) if s.name == "upstream"), key=lambda s: s.start_time)
@@ -272,3 +276,17 @@ def test_metrics_on_their_own_port(stub, tmp_path_factory):
         assert httpx.get(server.url + "/metrics").status_code == 404  # not on the API port
         page = Samples.scrape(f"http://127.0.0.1:{port}/metrics")
         assert page.get("noor_requests_total", status="200") == 1
+
+
+def test_unsampled_requests_propagate_the_decision_and_export_nothing(stub, tmp_path_factory):
+    exporter = InMemorySpanExporter()
+    gw = _gateway(tmp_path_factory, stub.url, exporter=exporter, traces_sample_ratio=0.0)
+    with ThreadedServer(gw.asgi()) as server:
+        server.gateway = gw
+        s = Served(server, exporter)
+        _, secret = s.key("unsampled")
+        r = s.post(secret, _chat("hi", stream=True))
+        assert r.status_code == 200
+        sent = next(h for h in stub.engine.seen if h.get("x-request-id") == r.headers["x-request-id"])
+        assert sent["traceparent"].startswith("00-") and sent["traceparent"].endswith("-00")  # not sampled
+        assert s.spans() == []

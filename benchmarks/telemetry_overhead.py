@@ -1,0 +1,298 @@
+"""What does telemetry cost the gateway? Metrics + tracing on vs off, same offered load.
+
+A fast upstream (tests/stub_engine.py: an OpenAI-speaking aiohttp server, 16 streamed tokens per
+request, no model) sits behind the gateway so the gateway's own work dominates; the gateway runs in
+its own process (uvicorn + uvloop + httptools), freshly started for every run, in each configuration:
+
+  off       metrics off, tracing none, access log off
+  metrics   Prometheus metrics only
+  traced    metrics + tracing at the default sampling ratio (OTLP/HTTP exporter to a sink in the stub)
+  traced100 metrics + tracing with every request sampled
+  full      traced + the JSON access log (written to a file)
+
+Two measurements per run, configurations interleaved round by round so machine drift hits all alike:
+  * open loop: requests started at a fixed rate (not when the previous ends), latency taken from the
+    scheduled start; reported with the gateway's CPU time per request (/proc, all its threads —
+    the span exporter's included), the most stable cost figure on a shared machine;
+  * closed loop: N concurrent clients as fast as the gateway answers → max requests/s.
+
+    python benchmarks/telemetry_overhead.py [--rate 200] [--seconds 10] [--rounds 3] [--pin 0]
+
+Target: full telemetry costs <= 5 % (CPU per request, and max throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port  # noqa: E402
+
+MODEL = "bench"
+ADMIN = "bench-admin-token"
+CONFIGS = {
+    "off": {"METRICS_ENABLED": "false", "TRACES_EXPORTER": "none", "ACCESS_LOG": "false"},
+    "metrics": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "none", "ACCESS_LOG": "false"},
+    # tracing at the default sampling ratio, and with every request traced
+    "traced": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "false"},
+    "traced100": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "false", "TRACES_SAMPLE_RATIO": "1.0"},
+    "full": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "true"},
+}
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 16, "stream": True}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+@dataclass
+class Result:
+    config: str
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_req(self) -> float:
+        return self.cpu_s / self.ok * 1e6 if self.ok else float("nan")
+
+    def pct(self, q: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000.0 if xs else float("nan")
+
+
+async def _one(session: aiohttp.ClientSession, url: str, headers: dict) -> bool:
+    async with session.post(url, json=BODY, headers=headers) as r:
+        if r.status != 200:
+            await r.read()
+            return False
+        done = False
+        async for line in r.content:
+            if line.startswith(b"data: [DONE]"):
+                done = True
+        return done
+
+
+async def open_loop(url: str, key: str, rate: float, seconds: float, warmup: float, pid: int, res: Result) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        tasks: list[asyncio.Task] = []
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        total = int((warmup + seconds) * rate)
+        n_warm = int(warmup * rate)
+        cpu0 = None
+
+        async def fire(i: int, scheduled: float) -> None:
+            try:
+                ok = await _one(session, url, headers)
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if i < n_warm:
+                return
+            if ok:
+                res.ok += 1
+                res.latencies.append(loop.time() - scheduled)
+            else:
+                res.errors += 1
+
+        for i in range(total):
+            at = t0 + i / rate
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if i == n_warm:
+                cpu0, w0 = cpu_seconds(pid), loop.time()
+            tasks.append(asyncio.create_task(fire(i, at)))
+        await asyncio.gather(*tasks)
+        res.cpu_s = cpu_seconds(pid) - (cpu0 or 0.0)
+        res.seconds = loop.time() - w0
+
+
+async def closed_loop(url: str, key: str, concurrency: int, seconds: float, pid: int, res: Result) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)) as session:
+        loop = asyncio.get_running_loop()
+        warm_end = loop.time() + 1.0
+        end = warm_end + seconds
+
+        async def worker() -> None:
+            while loop.time() < end:
+                t = loop.time()
+                try:
+                    ok = await _one(session, url, headers)
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if t < warm_end:
+                    continue
+                if ok:
+                    res.ok += 1
+                    res.latencies.append(loop.time() - t)
+                else:
+                    res.errors += 1
+
+        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        await asyncio.sleep(max(0.0, warm_end - loop.time()))
+        cpu0, w0 = cpu_seconds(pid), loop.time()
+        await asyncio.gather(*tasks)
+        res.cpu_s, res.seconds = cpu_seconds(pid) - cpu0, loop.time() - w0
+
+
+def start_stub(port: int, tokens: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.stub_engine", "--port", str(port), "--tokens", str(tokens)], cwd=ROOT)
+
+
+def start_gateway(config: str, stub_url: str, data: Path, port: int, pin: str | None) -> subprocess.Popen:
+    catalog = data / "catalog.toml"
+    catalog.write_text(
+        f'[pools.stub]\nengine = "vllm"\nendpoints = ["{stub_url}"]\n\n[models.{MODEL}]\npool = "stub"\ncontext_length = 4096\n'
+    )
+    env = os.environ | {
+        "NOOR_CATALOG_PATH": str(catalog), "NOOR_DATA_DIR": str(data), "NOOR_SERVER__ADMIN_TOKEN": ADMIN,
+        "NOOR_TELEMETRY__OTLP_ENDPOINT": f"{stub_url}/v1/traces", "NOOR_TELEMETRY__LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(ROOT),
+    } | {f"NOOR_TELEMETRY__{k}": v for k, v in CONFIGS[config].items()}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
+           "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
+    if pin is not None:
+        cmd = ["taskset", "-c", pin, *cmd]
+    log = open(data / f"gateway-{config}.log", "ab")  # the access log lands here, as in production
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log, stdout=log)
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready")
+
+
+def run_config(config: str, stub_url: str, args, data: Path) -> tuple[Result, Result]:
+    port = free_port()
+    gw = start_gateway(config, stub_url, data, port, args.pin)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        tenant = httpx.post(url + "/admin/tenants", json={"name": f"bench-{config}-{port}"}, headers=admin).json()
+        key = httpx.post(f"{url}/admin/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
+        pid = gw.pid  # taskset execs the server: same pid
+        ol, cl = Result(config), Result(config)
+        asyncio.run(open_loop(url + "/v1/chat/completions", key, args.rate, args.seconds, 2.0, pid, ol))
+        asyncio.run(closed_loop(url + "/v1/chat/completions", key, args.concurrency, args.seconds, pid, cl))
+        if config != "off":  # the metrics page answers and counted what was served
+            page = httpx.get(url + "/metrics").text
+            assert "noor_tokens_total" in page, "metrics missing"
+        return ol, cl
+    finally:
+        gw.terminate()
+        try:
+            gw.wait(15)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+            gw.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run and loop kind")
+    ap.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=16, help="streamed tokens per request")
+    ap.add_argument("--configs", default="off,metrics,traced,traced100,full")
+    ap.add_argument("--pin", default=None, help="CPU list for the gateway (taskset), e.g. 0")
+    ap.add_argument("--json", type=Path, help="write every run's figures here")
+    args = ap.parse_args()
+    configs = args.configs.split(",")
+
+    stub_port = free_port()
+    stub = start_stub(stub_port, args.tokens)
+    stub_url = f"http://127.0.0.1:{stub_port}"
+    data = Path(tempfile.mkdtemp(prefix="noor-telbench-"))
+    runs: dict[str, list[tuple[Result, Result]]] = {c: [] for c in configs}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(stub_url + "/health")
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for rnd in range(args.rounds):
+            order = configs[:]
+            random.Random(rnd).shuffle(order)
+            for config in order:
+                ol, cl = run_config(config, stub_url, args, data)
+                runs[config].append((ol, cl))
+                print(f"round {rnd + 1} {config:>9}: open loop {ol.rps:7.1f} req/s, {ol.cpu_us_per_req:6.0f} µs CPU/req, "
+                      f"p50 {ol.pct(0.5):6.2f} ms, p99 {ol.pct(0.99):6.2f} ms, errors {ol.errors} | closed loop "
+                      f"{cl.rps:7.1f} req/s, {cl.cpu_us_per_req:6.0f} µs CPU/req, errors {cl.errors}", flush=True)
+    finally:
+        stub.terminate()
+        stub.wait(10)
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs) if xs else float("nan")
+
+    base_cpu = med([ol.cpu_us_per_req for ol, _ in runs[configs[0]]])
+    base_cl_cpu = med([cl.cpu_us_per_req for _, cl in runs[configs[0]]])
+    base_rps = med([cl.rps for _, cl in runs[configs[0]]])
+    print(f"\nmedians over {args.rounds} rounds; open loop at {args.rate:g} req/s, closed loop with {args.concurrency} "
+          f"clients, {args.tokens} streamed tokens per request; cost vs '{configs[0]}'")
+    print(f"{'config':>9} | {'CPU µs/req':>10} {'cost':>7} | {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'max req/s':>9} {'cost':>7} | {'CPU µs/req':>10} {'cost':>7}")
+    summary = {}
+    for c in configs:
+        cpu = med([ol.cpu_us_per_req for ol, _ in runs[c]])
+        p50 = med([ol.pct(0.5) for ol, _ in runs[c]])
+        p99 = med([ol.pct(0.99) for ol, _ in runs[c]])
+        rps = med([cl.rps for _, cl in runs[c]])
+        cl_cpu = med([cl.cpu_us_per_req for _, cl in runs[c]])
+        summary[c] = {"open_cpu_us_per_req": cpu, "open_p50_ms": p50, "open_p99_ms": p99, "closed_rps": rps,
+                      "closed_cpu_us_per_req": cl_cpu}
+        print(f"{c:>9} | {cpu:>10.0f} {cpu / base_cpu - 1:>+7.1%} | {p50:>7.2f} {p99:>7.2f} | "
+              f"{rps:>9.1f} {1 - rps / base_rps:>+7.1%} | {cl_cpu:>10.0f} {cl_cpu / base_cl_cpu - 1:>+7.1%}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "summary": summary, "runs": {
+            c: [{"open": {"rps": o.rps, "cpu_us": o.cpu_us_per_req, "p50": o.pct(0.5), "p99": o.pct(0.99), "errors": o.errors},
+                 "closed": {"rps": k.rps, "cpu_us": k.cpu_us_per_req, "errors": k.errors}} for o, k in rs]
+            for c, rs in runs.items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
