@@ -225,6 +225,79 @@ def run_config(config: str, stub_url: str, args, data: Path) -> tuple[Result, Re
             gw.wait()
 
 
+def components(n: int) -> dict[str, float]:
+    """CPU µs per request of each telemetry part alone, in process: the hooks the pipeline calls with a
+    finished request's context, spans OTLP-encoded as the exporter would (minus the HTTP post)."""
+    import logging
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from models.catalog import ModelSpec
+    from router.context import RequestContext
+    from router.store.base import Identity, TenantLimits
+    from router.telemetry import Telemetry
+    from router.telemetry.logs import AccessLog, JsonFormatter
+    from router.telemetry.metrics import GatewayMetrics
+    from router.telemetry.tracing import Tracing
+    from serving.backends.base import UpstreamRequest, Usage
+    from serving.backends.vllm import VLLMBackend
+    from serving.endpoint import Endpoint
+
+    class OTLPEncoding(SpanExporter):
+        def export(self, spans):  # type: ignore[override]
+            encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+    log_file = open(tempfile.mktemp(prefix="noor-access-"), "w")
+    handler = logging.StreamHandler(log_file)
+    handler.setFormatter(JsonFormatter())
+    access_logger = logging.getLogger("noor.bench.access")
+    access_logger.addHandler(handler)
+    access_logger.setLevel(logging.INFO)
+    access_logger.propagate = False
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+
+    ident = Identity(key_id="key_1", tenant_id="ten_1", tenant_name="bench", models=frozenset({"*"}), limits=TenantLimits())
+    endpoint = Endpoint(name="http://127.0.0.1:9", pool="stub", backend=VLLMBackend("http://127.0.0.1:9"))
+    spec = ModelSpec(name=MODEL, pool="stub")
+    last = b'{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":"length"}]}'
+
+    def tracing(ratio: float) -> Tracing:
+        return Tracing(BatchSpanProcessor(OTLPEncoding(), max_queue_size=1 << 20), sample_ratio=ratio)
+
+    parts = {
+        "none": lambda: Telemetry(),
+        "metrics": lambda: Telemetry(metrics=GatewayMetrics()),
+        "tracing, unsampled": lambda: Telemetry(tracing=tracing(0.0)),
+        "tracing, sampled (per traced request)": lambda: Telemetry(tracing=tracing(1.0)),
+        "access log": lambda: Telemetry(access=AccessLog(access_logger)),
+        "default (metrics + tracing 5 % + access log)": lambda: Telemetry(
+            metrics=GatewayMetrics(), tracing=tracing(0.05), access=AccessLog(access_logger)),
+    }
+    out = {}
+    for name, make in parts.items():
+        tel = make()
+        c0 = time.process_time()
+        for _ in range(n):
+            t = time.perf_counter()
+            ctx = RequestContext(request_id="req_bench", kind="chat", body={"model": MODEL, "max_tokens": 16}, started=t)
+            tel.begin(ctx)
+            ctx.identity, ctx.authed_at, ctx.model, ctx.stream = ident, t + 1e-5, spec, True
+            ctx.validated_at, ctx.reserved_at, ctx.queued_at, ctx.dequeued_at = t + 2e-5, t + 3e-5, t + 4e-5, t + 5e-5
+            ctx.endpoint, ctx.admitted_at = endpoint, t + 6e-5
+            ctx.upstream_at = ctx.admitted_at
+            tel.upstream(ctx, UpstreamRequest(kind="chat", body=ctx.body, stream=True, request_id=ctx.request_id))
+            ctx.opened_at, ctx.first_token_at, ctx.last_token_at = t + 1e-3, t + 2e-3, t + 1.7e-2
+            ctx.chunks, ctx.relay_s, ctx.usage, ctx.last_chunk = 16, 3e-4, Usage(12, 16), last
+            tel.finish(ctx)
+        if tel.tracing is not None:
+            tel.tracing.force_flush()
+        out[name] = (time.process_time() - c0) / n * 1e6
+    base = out.pop("none")
+    return {k: v - base for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
@@ -235,8 +308,15 @@ def main() -> None:
     ap.add_argument("--configs", default="off,metrics,traced,traced100,full")
     ap.add_argument("--pin", default=None, help="CPU list for the gateway (taskset), e.g. 0")
     ap.add_argument("--json", type=Path, help="write every run's figures here")
+    ap.add_argument("--components", type=int, default=20000, help="in-process requests per part (0: skip)")
     args = ap.parse_args()
     configs = args.configs.split(",")
+    comp = components(args.components) if args.components else {}
+    if comp:
+        print("telemetry parts alone, CPU µs per request (in process):")
+        for name, us in comp.items():
+            print(f"  {name:<46} {us:7.1f}")
+        print()
 
     stub_port = free_port()
     stub = start_stub(stub_port, args.tokens)
@@ -287,8 +367,13 @@ def main() -> None:
                       "closed_cpu_us_per_req": cl_cpu}
         print(f"{c:>9} | {cpu:>10.0f} {cpu / base_cpu - 1:>+7.1%} | {p50:>7.2f} {p99:>7.2f} | "
               f"{rps:>9.1f} {1 - rps / base_rps:>+7.1%} | {cl_cpu:>10.0f} {cl_cpu / base_cl_cpu - 1:>+7.1%}")
+    if comp:
+        off_cpu = base_cpu
+        print(f"\nparts as a share of the gateway's own CPU per request with telemetry off ({off_cpu:.0f} µs, open loop):")
+        for name, us in comp.items():
+            print(f"  {name:<46} {us / off_cpu:>7.1%}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "summary": summary, "runs": {
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "components_us": comp, "summary": summary, "runs": {
             c: [{"open": {"rps": o.rps, "cpu_us": o.cpu_us_per_req, "p50": o.pct(0.5), "p99": o.pct(0.99), "errors": o.errors},
                  "closed": {"rps": k.rps, "cpu_us": k.cpu_us_per_req, "errors": k.errors}} for o, k in rs]
             for c, rs in runs.items()}}, indent=2))

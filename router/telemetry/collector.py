@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.admission import Admission
@@ -21,6 +21,9 @@ _SIGNALS = {
     "running": ("noor_engine_requests_running", "Requests the engine reports running (its own count, all gateways)."),
     "waiting": ("noor_engine_requests_waiting", "Requests the engine reports waiting in its own queue."),
     "kv_cache_usage": ("noor_engine_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use (0-1)."),
+}
+#: The engine's own counters, re-exported as counters (rate() copes with an engine restart's reset).
+_COUNTERS = {
     "prefix_cache_queries": ("noor_engine_prefix_cache_queries", "Engine's prefix-cache queries (tokens), as scraped."),
     "prefix_cache_hits": ("noor_engine_prefix_cache_hits", "Engine's prefix-cache hits (tokens), as scraped."),
 }
@@ -42,7 +45,10 @@ class GatewayCollector(Collector):
         healthy = GaugeMetricFamily("noor_endpoint_healthy", "1 if the endpoint is in rotation.", labels=[*labels, "engine"])
         inflight = GaugeMetricFamily("noor_endpoint_inflight", "Requests this gateway has in flight on the endpoint.", labels=labels)
         age = GaugeMetricFamily("noor_engine_signals_age_seconds", "Age of the engine signals last scraped.", labels=labels)
-        signals = {f: GaugeMetricFamily(name, doc, labels=labels) for f, (name, doc) in _SIGNALS.items()}
+        signals: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            f: GaugeMetricFamily(name, doc, labels=labels) for f, (name, doc) in _SIGNALS.items()
+        }
+        signals |= {f: CounterMetricFamily(name, doc, labels=labels) for f, (name, doc) in _COUNTERS.items()}
         pool_sizes = GaugeMetricFamily("noor_pool_endpoints", "Endpoints per pool, by state.", labels=["pool", "state"])
         for pool in list(self._pools.values()):
             up = 0

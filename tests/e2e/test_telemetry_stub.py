@@ -290,3 +290,28 @@ def test_unsampled_requests_propagate_the_decision_and_export_nothing(stub, tmp_
         sent = next(h for h in stub.engine.seen if h.get("x-request-id") == r.headers["x-request-id"])
         assert sent["traceparent"].startswith("00-") and sent["traceparent"].endswith("-00")  # not sampled
         assert s.spans() == []
+
+
+def test_dashboard_and_rules_only_use_exported_metrics(traced):
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, secret = traced.key("dashboard")
+    assert traced.post(secret, _chat("hi", stream=True)).status_code == 200
+    page = httpx.get(traced.server.url + "/metrics").text
+    exported = {fam.name for fam in text_string_to_metric_families(page)}
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    dashboard = json.loads((deploy / "grafana" / "noor-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    prom = yaml.safe_load((deploy / "prometheus" / "prometheus.yml").read_text())
+    assert {j["job_name"] for j in prom["scrape_configs"]} == {"noor-gateway", "vllm"}
+    rules = yaml.safe_load((deploy / "prometheus" / prom["rule_files"][0]).read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {re.sub(r"_(bucket|total|sum|count)$", "", m) for e in exprs for m in re.findall(r"\bnoor_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
+    assert len(exprs) >= 25
