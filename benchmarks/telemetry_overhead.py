@@ -1,8 +1,8 @@
 """What does telemetry cost the gateway? Metrics + tracing on vs off, same offered load.
 
 A fast upstream (tests/stub_engine.py: an OpenAI-speaking aiohttp server, 16 streamed tokens per
-request, no model) sits behind the gateway so the gateway's own work dominates; the gateway runs in
-its own process (uvicorn + uvloop + httptools), freshly started for every run, in each configuration:
+request, no model) sits behind the gateway so the gateway's own work dominates. One gateway process
+per configuration (uvicorn + uvloop + httptools, as in production), all running side by side:
 
   off       metrics off, tracing none, access log off
   metrics   Prometheus metrics only
@@ -10,15 +10,19 @@ its own process (uvicorn + uvloop + httptools), freshly started for every run, i
   traced100 metrics + tracing with every request sampled
   full      traced + the JSON access log (written to a file)
 
-Two measurements per run, configurations interleaved round by round so machine drift hits all alike:
-  * open loop: requests started at a fixed rate (not when the previous ends), latency taken from the
-    scheduled start; reported with the gateway's CPU time per request (/proc, all its threads —
-    the span exporter's included), the most stable cost figure on a shared machine;
-  * closed loop: N concurrent clients as fast as the gateway answers → max requests/s.
+Paired, because this machine is shared and its speed drifts by tens of percent from minute to minute:
+every configuration is measured in the same time window, so drift hits all of them alike.
+  * open loop: each gateway gets the same fixed request rate (requests start on schedule, not when
+    the previous ends; latency from the scheduled start); the figure is each gateway's CPU time per
+    request (/proc, all threads — the span exporter's included);
+  * closed loop: N clients per gateway, all gateways at once, as fast as each answers: the OS shares
+    the CPU, so a gateway that needs more CPU per request serves fewer requests per second.
+Fresh processes every round; medians over rounds. Also measured in process: each telemetry part's
+CPU per request alone (``--components``).
 
-    python benchmarks/telemetry_overhead.py [--rate 200] [--seconds 10] [--rounds 3] [--pin 0]
+    python benchmarks/telemetry_overhead.py [--rate 40] [--seconds 10] [--rounds 5]
 
-Target: full telemetry costs <= 5 % (CPU per request, and max throughput).
+Target: metrics + tracing (default sampling) cost <= 5 % of the gateway's CPU per request.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,72 +104,6 @@ async def _one(session: aiohttp.ClientSession, url: str, headers: dict) -> bool:
         return done
 
 
-async def open_loop(url: str, key: str, rate: float, seconds: float, warmup: float, pid: int, res: Result) -> None:
-    headers = {"Authorization": f"Bearer {key}"}
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        tasks: list[asyncio.Task] = []
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        total = int((warmup + seconds) * rate)
-        n_warm = int(warmup * rate)
-        cpu0 = None
-
-        async def fire(i: int, scheduled: float) -> None:
-            try:
-                ok = await _one(session, url, headers)
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
-            if i < n_warm:
-                return
-            if ok:
-                res.ok += 1
-                res.latencies.append(loop.time() - scheduled)
-            else:
-                res.errors += 1
-
-        for i in range(total):
-            at = t0 + i / rate
-            delay = at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if i == n_warm:
-                cpu0, w0 = cpu_seconds(pid), loop.time()
-            tasks.append(asyncio.create_task(fire(i, at)))
-        await asyncio.gather(*tasks)
-        res.cpu_s = cpu_seconds(pid) - (cpu0 or 0.0)
-        res.seconds = loop.time() - w0
-
-
-async def closed_loop(url: str, key: str, concurrency: int, seconds: float, pid: int, res: Result) -> None:
-    headers = {"Authorization": f"Bearer {key}"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)) as session:
-        loop = asyncio.get_running_loop()
-        warm_end = loop.time() + 1.0
-        end = warm_end + seconds
-
-        async def worker() -> None:
-            while loop.time() < end:
-                t = loop.time()
-                try:
-                    ok = await _one(session, url, headers)
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
-                if t < warm_end:
-                    continue
-                if ok:
-                    res.ok += 1
-                    res.latencies.append(loop.time() - t)
-                else:
-                    res.errors += 1
-
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        await asyncio.sleep(max(0.0, warm_end - loop.time()))
-        cpu0, w0 = cpu_seconds(pid), loop.time()
-        await asyncio.gather(*tasks)
-        res.cpu_s, res.seconds = cpu_seconds(pid) - cpu0, loop.time() - w0
-
-
 def start_stub(port: int, tokens: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.stub_engine", "--port", str(port), "--tokens", str(tokens)], cwd=ROOT)
 
@@ -199,30 +138,119 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-def run_config(config: str, stub_url: str, args, data: Path) -> tuple[Result, Result]:
-    port = free_port()
-    gw = start_gateway(config, stub_url, data, port, args.pin)
-    url = f"http://127.0.0.1:{port}"
+@dataclass
+class Running:
+    config: str
+    proc: subprocess.Popen
+    url: str
+    key: str = ""
+
+
+async def paired_open_loop(gws: list[Running], rate: float, seconds: float, warmup: float) -> dict[str, Result]:
+    """The same schedule for every gateway: at each tick one request to each, in a shuffled order."""
+    results = {g.config: Result(g.config) for g in gws}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task] = []
+        total, n_warm = int((warmup + seconds) * rate), int(warmup * rate)
+        cpu0: dict[str, float] = {}
+        w0 = 0.0
+        rng = random.Random(7)
+
+        async def fire(g: Running, i: int, scheduled: float) -> None:
+            try:
+                ok = await _one(session, g.url + "/v1/chat/completions", {"Authorization": f"Bearer {g.key}"})
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if i < n_warm:
+                return
+            res = results[g.config]
+            if ok:
+                res.ok += 1
+                res.latencies.append(loop.time() - scheduled)
+            else:
+                res.errors += 1
+
+        t0 = loop.time()
+        for i in range(total):
+            at = t0 + i / rate
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if i == n_warm:
+                cpu0 = {g.config: cpu_seconds(g.proc.pid) for g in gws}
+                w0 = loop.time()
+            order = gws[:]
+            rng.shuffle(order)
+            tasks.extend(asyncio.create_task(fire(g, i, at)) for g in order)
+        await asyncio.gather(*tasks)
+        for g in gws:
+            results[g.config].cpu_s = cpu_seconds(g.proc.pid) - cpu0[g.config]
+            results[g.config].seconds = loop.time() - w0
+    return results
+
+
+async def paired_closed_loop(gws: list[Running], concurrency: int, seconds: float) -> dict[str, Result]:
+    results = {g.config: Result(g.config) for g in gws}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)) as session:
+        loop = asyncio.get_running_loop()
+        warm_end = loop.time() + 1.0
+        end = warm_end + seconds
+
+        async def worker(g: Running) -> None:
+            res = results[g.config]
+            while loop.time() < end:
+                t = loop.time()
+                try:
+                    ok = await _one(session, g.url + "/v1/chat/completions", {"Authorization": f"Bearer {g.key}"})
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if t < warm_end or loop.time() > end:
+                    continue
+                if ok:
+                    res.ok += 1
+                    res.latencies.append(loop.time() - t)
+                else:
+                    res.errors += 1
+
+        tasks = [asyncio.create_task(worker(g)) for g in gws for _ in range(concurrency)]
+        await asyncio.sleep(max(0.0, warm_end - loop.time()))
+        cpu0 = {g.config: cpu_seconds(g.proc.pid) for g in gws}
+        await asyncio.sleep(max(0.0, end - loop.time()))
+        cpu1 = {g.config: cpu_seconds(g.proc.pid) for g in gws}
+        await asyncio.gather(*tasks)
+        for g in gws:
+            results[g.config].cpu_s, results[g.config].seconds = cpu1[g.config] - cpu0[g.config], seconds
+    return results
+
+
+def run_round(configs: list[str], stub_url: str, args, data: Path) -> tuple[dict[str, Result], dict[str, Result]]:
+    gws = []
     try:
-        wait_ready(url)
+        for config in configs:
+            port = free_port()
+            gws.append(Running(config, start_gateway(config, stub_url, data, port, args.pin), f"http://127.0.0.1:{port}"))
         admin = {"Authorization": f"Bearer {ADMIN}"}
-        tenant = httpx.post(url + "/admin/tenants", json={"name": f"bench-{config}-{port}"}, headers=admin).json()
-        key = httpx.post(f"{url}/admin/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
-        pid = gw.pid  # taskset execs the server: same pid
-        ol, cl = Result(config), Result(config)
-        asyncio.run(open_loop(url + "/v1/chat/completions", key, args.rate, args.seconds, 2.0, pid, ol))
-        asyncio.run(closed_loop(url + "/v1/chat/completions", key, args.concurrency, args.seconds, pid, cl))
-        if config != "off":  # the metrics page answers and counted what was served
-            page = httpx.get(url + "/metrics").text
-            assert "noor_tokens_total" in page, "metrics missing"
+        for g in gws:
+            wait_ready(g.url)
+            tenant = httpx.post(g.url + "/admin/tenants", json={"name": f"bench-{g.config}-{time.time_ns()}"}, headers=admin).json()
+            g.key = httpx.post(f"{g.url}/admin/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
+        ol = asyncio.run(paired_open_loop(gws, args.rate, args.seconds, 2.0))
+        cl = asyncio.run(paired_closed_loop(gws, args.concurrency, args.seconds))
+        for g in gws:
+            if g.config != "off":  # the metrics page answers and counted what was served
+                assert "noor_tokens_total" in httpx.get(g.url + "/metrics").text, "metrics missing"
         return ol, cl
     finally:
-        gw.terminate()
-        try:
-            gw.wait(15)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw.wait()
+        for g in gws:
+            g.proc.terminate()
+        for g in gws:
+            try:
+                g.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                g.proc.kill()
+                g.proc.wait()
 
 
 def components(n: int) -> dict[str, float]:
@@ -300,10 +328,10 @@ def components(n: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
+    ap.add_argument("--rate", type=float, default=40.0, help="open-loop requests/s, to each gateway")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run and loop kind")
-    ap.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=8, help="closed-loop clients per gateway")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=16, help="streamed tokens per request")
     ap.add_argument("--configs", default="off,metrics,traced,traced100,full")
     ap.add_argument("--pin", default=None, help="CPU list for the gateway (taskset), e.g. 0")
@@ -311,6 +339,7 @@ def main() -> None:
     ap.add_argument("--components", type=int, default=20000, help="in-process requests per part (0: skip)")
     args = ap.parse_args()
     configs = args.configs.split(",")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally blocks: stop every process started
     comp = components(args.components) if args.components else {}
     if comp:
         print("telemetry parts alone, CPU µs per request (in process):")
@@ -334,14 +363,13 @@ def main() -> None:
                     raise
                 time.sleep(0.1)
         for rnd in range(args.rounds):
-            order = configs[:]
-            random.Random(rnd).shuffle(order)
-            for config in order:
-                ol, cl = run_config(config, stub_url, args, data)
+            ols, cls = run_round(configs, stub_url, args, data)
+            for config in configs:
+                ol, cl = ols[config], cls[config]
                 runs[config].append((ol, cl))
-                print(f"round {rnd + 1} {config:>9}: open loop {ol.rps:7.1f} req/s, {ol.cpu_us_per_req:6.0f} µs CPU/req, "
-                      f"p50 {ol.pct(0.5):6.2f} ms, p99 {ol.pct(0.99):6.2f} ms, errors {ol.errors} | closed loop "
-                      f"{cl.rps:7.1f} req/s, {cl.cpu_us_per_req:6.0f} µs CPU/req, errors {cl.errors}", flush=True)
+                print(f"round {rnd + 1} {config:>9}: open loop {ol.rps:6.1f} req/s, {ol.cpu_us_per_req:6.0f} µs CPU/req, "
+                      f"p50 {ol.pct(0.5):7.2f} ms, p99 {ol.pct(0.99):8.2f} ms, errors {ol.errors} | closed loop "
+                      f"{cl.rps:6.1f} req/s, {cl.cpu_us_per_req:6.0f} µs CPU/req, errors {cl.errors}", flush=True)
     finally:
         stub.terminate()
         stub.wait(10)
@@ -352,8 +380,8 @@ def main() -> None:
     base_cpu = med([ol.cpu_us_per_req for ol, _ in runs[configs[0]]])
     base_cl_cpu = med([cl.cpu_us_per_req for _, cl in runs[configs[0]]])
     base_rps = med([cl.rps for _, cl in runs[configs[0]]])
-    print(f"\nmedians over {args.rounds} rounds; open loop at {args.rate:g} req/s, closed loop with {args.concurrency} "
-          f"clients, {args.tokens} streamed tokens per request; cost vs '{configs[0]}'")
+    print(f"\nmedians over {args.rounds} rounds; open loop at {args.rate:g} req/s per gateway, closed loop with "
+          f"{args.concurrency} clients per gateway, {args.tokens} streamed tokens per request; cost vs '{configs[0]}'")
     print(f"{'config':>9} | {'CPU µs/req':>10} {'cost':>7} | {'p50 ms':>7} {'p99 ms':>7} | "
           f"{'max req/s':>9} {'cost':>7} | {'CPU µs/req':>10} {'cost':>7}")
     summary = {}

@@ -76,7 +76,8 @@ class GatewayMetrics(Collector):
         self.overhead = HistogramVec(
             "noor_gateway_added_latency_seconds",
             "Latency the gateway itself adds: phase=pre_upstream (arrival to engine call, queue wait "
-            "excluded) once per request, phase=relay_chunk (mean relay time of one chunk) once per stream.",
+            "excluded) once per request; phase=relay_chunk (mean time to read one engine chunk into the client's "
+            "connection: parse, strip, send) once per stream.",
             ["pool", "phase"], OVERHEAD_BUCKETS,
         )
         self.upstream_ttfb = HistogramVec(
