@@ -14,7 +14,8 @@ Paired, because this machine is shared and its speed drifts by tens of percent f
 every configuration is measured in the same time window, so drift hits all of them alike.
   * open loop: each gateway gets the same fixed request rate (requests start on schedule, not when
     the previous ends; latency from the scheduled start); the figure is each gateway's CPU time per
-    request (/proc, all threads — the span exporter's included);
+    request (/proc, all threads — the span exporter's included), less what it burns idle (health
+    checks, engine scrapes; measured before the load);
   * closed loop: N clients per gateway, all gateways at once, as fast as each answers: the OS shares
     the CPU, so a gateway that needs more CPU per request serves fewer requests per second.
 Fresh processes every round; medians over rounds. Also measured in process: each telemetry part's
@@ -56,6 +57,7 @@ CONFIGS = {
     "metrics": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "none", "ACCESS_LOG": "false"},
     # tracing at the default sampling ratio, and with every request traced
     "traced": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "false"},
+    "traced0": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "false", "TRACES_SAMPLE_RATIO": "0.0"},
     "traced100": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "false", "TRACES_SAMPLE_RATIO": "1.0"},
     "full": {"METRICS_ENABLED": "true", "TRACES_EXPORTER": "otlp", "ACCESS_LOG": "true"},
 }
@@ -78,6 +80,7 @@ class Result:
     seconds: float = 0.0
     cpu_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    idle_cpu_s: float = 0.0  # what the process spends anyway in the window (health checks, scrapes)
 
     @property
     def rps(self) -> float:
@@ -85,7 +88,7 @@ class Result:
 
     @property
     def cpu_us_per_req(self) -> float:
-        return self.cpu_s / self.ok * 1e6 if self.ok else float("nan")
+        return (self.cpu_s - self.idle_cpu_s) / self.ok * 1e6 if self.ok else float("nan")
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies)
@@ -236,8 +239,13 @@ def run_round(configs: list[str], stub_url: str, args, data: Path) -> tuple[dict
             wait_ready(g.url)
             tenant = httpx.post(g.url + "/admin/tenants", json={"name": f"bench-{g.config}-{time.time_ns()}"}, headers=admin).json()
             g.key = httpx.post(f"{g.url}/admin/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
+        idle0 = {g.config: cpu_seconds(g.proc.pid) for g in gws}
+        time.sleep(args.idle)
+        idle_rate = {g.config: (cpu_seconds(g.proc.pid) - idle0[g.config]) / args.idle for g in gws}
         ol = asyncio.run(paired_open_loop(gws, args.rate, args.seconds, 2.0))
         cl = asyncio.run(paired_closed_loop(gws, args.concurrency, args.seconds))
+        for res in (*ol.values(), *cl.values()):
+            res.idle_cpu_s = idle_rate[res.config] * res.seconds
         for g in gws:
             if g.config != "off":  # the metrics page answers and counted what was served
                 assert "noor_tokens_total" in httpx.get(g.url + "/metrics").text, "metrics missing"
@@ -251,6 +259,97 @@ def run_round(configs: list[str], stub_url: str, args, data: Path) -> tuple[dict
             except subprocess.TimeoutExpired:
                 g.proc.kill()
                 g.proc.wait()
+
+
+async def _inprocess(configs: list[str], stub_url: str, batches: int, batch: int, concurrency: int) -> dict[str, list[float]]:
+    """Each configuration's Gateway in this one process, driven by direct ASGI calls (no client
+    sockets), batches of requests alternating between configurations: CPU µs per request per batch."""
+    import logging
+
+    from models.catalog import Catalog
+    from noor.settings import Settings
+    from router.app import Gateway
+    from router.keys import create_key
+    from router.telemetry.logs import JsonFormatter
+
+    catalog = Catalog.from_dict({"pools": {"stub": {"engine": "vllm", "endpoints": [stub_url]}},
+                                 "models": {MODEL: {"pool": "stub", "context_length": 4096}}})
+    log_file = open(tempfile.mktemp(prefix="noor-access-"), "w")
+    handler = logging.StreamHandler(log_file)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    apps, keys, gateways = {}, {}, []
+    for config in configs:
+        data = Path(tempfile.mkdtemp(prefix=f"noor-inproc-{config}-"))
+        settings = Settings(data_dir=data, cache_dir=data / "cache", _env_file=None)
+        for k, v in CONFIGS[config].items():
+            setattr(settings.telemetry, k.lower(), v.lower() if v in ("true", "false") else v)
+        settings.telemetry.otlp_endpoint = f"{stub_url}/v1/traces"
+        gw = Gateway(settings, catalog)
+        await gw.start()
+        gateways.append(gw)
+        tenant = await gw.store.create_tenant(f"bench-{config}")
+        _, keys[config] = await create_key(gw.store, tenant.id)
+        apps[config] = gw.asgi()
+    body = json.dumps(BODY).encode()
+
+    async def one(config: str) -> None:
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [
+            (b"authorization", f"Bearer {keys[config]}".encode()), (b"content-type", b"application/json")]}
+        sent = [False]
+        never = asyncio.Event()
+
+        async def receive() -> dict:
+            if not sent[0]:
+                sent[0] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        done = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.append(True)
+
+        await apps[config](scope, receive, send)
+        assert done, "response not finished"
+
+    async def run_batch(config: str) -> None:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def guarded() -> None:
+            async with sem:
+                await one(config)
+
+        await asyncio.gather(*(guarded() for _ in range(batch)))
+
+    per_batch: dict[str, list[float]] = {c: [] for c in configs}
+    for c in configs:  # warm-up: connections, caches, first-request paths
+        await run_batch(c)
+    rng = random.Random(11)
+    for _ in range(batches):
+        order = configs[:]
+        rng.shuffle(order)
+        for c in order:
+            c0 = time.process_time()
+            await run_batch(c)
+            per_batch[c].append((time.process_time() - c0) / batch * 1e6)
+    for gw in gateways:
+        await gw.close()
+    logging.getLogger().removeHandler(handler)
+    return per_batch
+
+
+def inprocess(configs: list[str], stub_url: str, batches: int, batch: int, concurrency: int) -> dict[str, list[float]]:
+    try:
+        import uvloop
+
+        return uvloop.run(_inprocess(configs, stub_url, batches, batch, concurrency))
+    except ImportError:  # pragma: no cover
+        return asyncio.run(_inprocess(configs, stub_url, batches, batch, concurrency))
 
 
 def components(n: int) -> dict[str, float]:
@@ -326,85 +425,98 @@ def components(n: int) -> dict[str, float]:
     return {k: v - base for k, v in out.items()}
 
 
+def _wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=40.0, help="open-loop requests/s, to each gateway")
-    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run and loop kind")
-    ap.add_argument("--concurrency", type=int, default=8, help="closed-loop clients per gateway")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--configs", default="off,metrics,traced,full", help=f"from {','.join(CONFIGS)}")
     ap.add_argument("--tokens", type=int, default=16, help="streamed tokens per request")
-    ap.add_argument("--configs", default="off,metrics,traced,traced100,full")
-    ap.add_argument("--pin", default=None, help="CPU list for the gateway (taskset), e.g. 0")
-    ap.add_argument("--json", type=Path, help="write every run's figures here")
-    ap.add_argument("--components", type=int, default=20000, help="in-process requests per part (0: skip)")
+    ap.add_argument("--components", type=int, default=20000, help="in-process requests per telemetry part (0: skip)")
+    ap.add_argument("--inprocess", type=int, default=40, help="alternating batches per configuration, in process (0: skip)")
+    ap.add_argument("--batch", type=int, default=100, help="requests per in-process batch")
+    ap.add_argument("--rounds", type=int, default=3, help="paired rounds with gateway processes (0: skip)")
+    ap.add_argument("--rate", type=float, default=20.0, help="open-loop requests/s, to each gateway")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per round and loop kind")
+    ap.add_argument("--concurrency", type=int, default=8, help="clients per gateway (closed loop, in process)")
+    ap.add_argument("--idle", type=float, default=4.0, help="seconds of idle CPU measured per round, subtracted")
+    ap.add_argument("--pin", default=None, help="CPU list for the gateways (taskset), e.g. 0")
+    ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
     configs = args.configs.split(",")
+    base = configs[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally blocks: stop every process started
-    comp = components(args.components) if args.components else {}
-    if comp:
-        print("telemetry parts alone, CPU µs per request (in process):")
+    report: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
+
+    if args.components:
+        comp = components(args.components)
+        report["components_us"] = comp
+        print("1. Telemetry parts alone: CPU µs per request, in process")
         for name, us in comp.items():
-            print(f"  {name:<46} {us:7.1f}")
-        print()
+            print(f"   {name:<46} {us:7.1f}")
 
     stub_port = free_port()
     stub = start_stub(stub_port, args.tokens)
     stub_url = f"http://127.0.0.1:{stub_port}"
-    data = Path(tempfile.mkdtemp(prefix="noor-telbench-"))
-    runs: dict[str, list[tuple[Result, Result]]] = {c: [] for c in configs}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(stub_url + "/health")
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for rnd in range(args.rounds):
-            ols, cls = run_round(configs, stub_url, args, data)
-            for config in configs:
-                ol, cl = ols[config], cls[config]
-                runs[config].append((ol, cl))
-                print(f"round {rnd + 1} {config:>9}: open loop {ol.rps:6.1f} req/s, {ol.cpu_us_per_req:6.0f} µs CPU/req, "
-                      f"p50 {ol.pct(0.5):7.2f} ms, p99 {ol.pct(0.99):8.2f} ms, errors {ol.errors} | closed loop "
-                      f"{cl.rps:6.1f} req/s, {cl.cpu_us_per_req:6.0f} µs CPU/req, errors {cl.errors}", flush=True)
+        _wait_http(stub_url + "/health")
+        if args.inprocess:
+            per_batch = inprocess(configs, stub_url, args.inprocess, args.batch, args.concurrency)
+            report["inprocess_us_per_batch"] = per_batch
+            off = _median(per_batch[base])
+            print(f"\n2. Whole gateway, in process: CPU µs per streamed request, {args.inprocess} rounds of one batch of "
+                  f"{args.batch} per configuration (shuffled order); cost = median over rounds of the ratio to '{base}' "
+                  f"in the same round (interquartile range in brackets)")
+            for c in configs:
+                ratios = [x / y - 1 for x, y in zip(per_batch[c], per_batch[base], strict=True)]
+                q1, q3 = (statistics.quantiles(ratios, n=4)[i] for i in (0, 2)) if len(ratios) > 1 else (0.0, 0.0)
+                print(f"   {c:>9} {_median(per_batch[c]):7.0f} µs  {_median(ratios):>+7.1%}  [{q1:+.1%}, {q3:+.1%}]")
+            if args.components:
+                print(f"   parts of 1. as a share of '{base}': " + ", ".join(
+                    f"{name} {us / off:.1%}" for name, us in report["components_us"].items()))  # type: ignore[union-attr]
+
+        if args.rounds:
+            runs: dict[str, list[tuple[Result, Result]]] = {c: [] for c in configs}
+            data = Path(tempfile.mkdtemp(prefix="noor-telbench-"))
+            print(f"\n3. Gateway processes side by side, {args.rounds} rounds: open loop at {args.rate:g} req/s each, "
+                  f"closed loop with {args.concurrency} clients each")
+            for rnd in range(args.rounds):
+                ols, cls = run_round(configs, stub_url, args, data)
+                for c in configs:
+                    ol, cl = ols[c], cls[c]
+                    runs[c].append((ol, cl))
+                    print(f"   round {rnd + 1} {c:>9}: open {ol.rps:6.1f} req/s {ol.cpu_us_per_req:6.0f} µs CPU/req "
+                          f"p50 {ol.pct(0.5):7.2f} ms p99 {ol.pct(0.99):8.2f} ms err {ol.errors} | closed "
+                          f"{cl.rps:6.1f} req/s {cl.cpu_us_per_req:6.0f} µs CPU/req err {cl.errors}", flush=True)
+            b_cpu = _median([ol.cpu_us_per_req for ol, _ in runs[base]])
+            b_rps = _median([cl.rps for _, cl in runs[base]])
+            print(f"   {'median':>9} | {'CPU µs/req':>10} {'cost':>7} | {'p50 ms':>7} {'p99 ms':>8} | {'closed req/s':>12} {'cost':>7}")
+            summary = {}
+            for c in configs:
+                cpu = _median([ol.cpu_us_per_req for ol, _ in runs[c]])
+                p50, p99 = _median([ol.pct(0.5) for ol, _ in runs[c]]), _median([ol.pct(0.99) for ol, _ in runs[c]])
+                rps = _median([cl.rps for _, cl in runs[c]])
+                summary[c] = {"open_cpu_us_per_req": cpu, "open_p50_ms": p50, "open_p99_ms": p99, "closed_rps": rps}
+                print(f"   {c:>9} | {cpu:>10.0f} {cpu / b_cpu - 1:>+7.1%} | {p50:>7.2f} {p99:>8.2f} | {rps:>12.1f} {1 - rps / b_rps:>+7.1%}")
+            report["paired"] = summary
     finally:
         stub.terminate()
         stub.wait(10)
-
-    def med(xs: list[float]) -> float:
-        return statistics.median(xs) if xs else float("nan")
-
-    base_cpu = med([ol.cpu_us_per_req for ol, _ in runs[configs[0]]])
-    base_cl_cpu = med([cl.cpu_us_per_req for _, cl in runs[configs[0]]])
-    base_rps = med([cl.rps for _, cl in runs[configs[0]]])
-    print(f"\nmedians over {args.rounds} rounds; open loop at {args.rate:g} req/s per gateway, closed loop with "
-          f"{args.concurrency} clients per gateway, {args.tokens} streamed tokens per request; cost vs '{configs[0]}'")
-    print(f"{'config':>9} | {'CPU µs/req':>10} {'cost':>7} | {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'max req/s':>9} {'cost':>7} | {'CPU µs/req':>10} {'cost':>7}")
-    summary = {}
-    for c in configs:
-        cpu = med([ol.cpu_us_per_req for ol, _ in runs[c]])
-        p50 = med([ol.pct(0.5) for ol, _ in runs[c]])
-        p99 = med([ol.pct(0.99) for ol, _ in runs[c]])
-        rps = med([cl.rps for _, cl in runs[c]])
-        cl_cpu = med([cl.cpu_us_per_req for _, cl in runs[c]])
-        summary[c] = {"open_cpu_us_per_req": cpu, "open_p50_ms": p50, "open_p99_ms": p99, "closed_rps": rps,
-                      "closed_cpu_us_per_req": cl_cpu}
-        print(f"{c:>9} | {cpu:>10.0f} {cpu / base_cpu - 1:>+7.1%} | {p50:>7.2f} {p99:>7.2f} | "
-              f"{rps:>9.1f} {1 - rps / base_rps:>+7.1%} | {cl_cpu:>10.0f} {cl_cpu / base_cl_cpu - 1:>+7.1%}")
-    if comp:
-        off_cpu = base_cpu
-        print(f"\nparts as a share of the gateway's own CPU per request with telemetry off ({off_cpu:.0f} µs, open loop):")
-        for name, us in comp.items():
-            print(f"  {name:<46} {us / off_cpu:>7.1%}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "components_us": comp, "summary": summary, "runs": {
-            c: [{"open": {"rps": o.rps, "cpu_us": o.cpu_us_per_req, "p50": o.pct(0.5), "p99": o.pct(0.99), "errors": o.errors},
-                 "closed": {"rps": k.rps, "cpu_us": k.cpu_us_per_req, "errors": k.errors}} for o, k in rs]
-            for c, rs in runs.items()}}, indent=2))
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ class AccessLog:
             return
         # makeRecord + handle is what log.info does, minus finding the caller by walking the stack
         # (~7 µs, and the caller is always this line).
-        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "access", None, None,
+        log.handle(log.makeRecord(log.name, logging.INFO, "", 0, "access", None, None,
                                   extra={"fields": access_fields(ctx, t)}))
 
 
