@@ -2,7 +2,7 @@
 # Everything installs into ./.venv; nothing outside the repo is assumed but python3 (>= 3.11).
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-EXTRAS  ?= cpu,prepare,triton,loadtest,test
+EXTRAS  ?= cpu,prepare,triton,loadtest,test,otlp
 STAMP   := $(VENV)/.installed-$(shell echo '$(EXTRAS)' | tr ',' '-')
 
 .PHONY: install run test unit e2e bench clean

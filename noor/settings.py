@@ -107,13 +107,33 @@ class SchedulerSettings(BaseModel):
 
 
 class TelemetrySettings(BaseModel):
-    """Metrics, traces and logs."""
+    """Metrics, traces and logs (router/telemetry/)."""
 
     metrics_enabled: bool = True
+    metrics_path: str = Field(default="/metrics", description="Served by the gateway's app, outside tenant auth.")
+    metrics_port: int | None = Field(default=None, description="Serve /metrics on this port instead of the app's.")
+    metrics_host: str = "127.0.0.1"
+    max_tenant_labels: int = Field(
+        default=1000, description="Distinct tenant label values before further tenants count as '_other'."
+    )
     traces_exporter: Literal["none", "console", "otlp"] = "none"
-    otlp_endpoint: str | None = None
+    otlp_endpoint: str | None = Field(default=None, description="None: the exporter's default (localhost).")
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    traces_sample_ratio: float = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="Share of requests traced (decided on the trace id). A traced request costs the gateway "
+        "~8 spans built and OTLP-encoded in Python (see benchmarks/telemetry_overhead.py), so production "
+        "samples; set 1.0 to trace everything while debugging.",
+    )
+    service_name: str = "noor-gateway"
     log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
     access_log: bool = True
+    capture_content_tenants: list[str] = Field(
+        default_factory=list,
+        description="Tenant ids or names whose prompts and completions go into spans and access lines "
+        "(debugging only). Everyone else's text never does.",
+    )
 
 
 class LocalEngineSettings(BaseModel):

@@ -37,6 +37,23 @@ class RequestContext:
     status: int = 200
     outcome: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
+    # Stage timestamps (perf_counter) for telemetry: each stage stamps its own; router/telemetry turns
+    # them into latencies, spans and the access line after the request, never while it runs.
+    authed_at: float | None = None
+    validated_at: float | None = None
+    reserved_at: float | None = None
+    queued_at: float | None = None  # admission began
+    dequeued_at: float | None = None  # left the admission queue (a queueing admission stamps it)
+    admitted_at: float | None = None  # placed on an endpoint
+    upstream_at: float | None = None  # engine request sent (last attempt)
+    opened_at: float | None = None  # engine answered (status + headers): time to first byte
+    last_token_at: float | None = None
+    chunks: int = 0
+    relay_s: float = 0.0  # gateway time spent relaying chunks (parse, strip, send)
+    last_chunk: bytes | None = None  # last content chunk / full body: finish reasons, read only if traced
+    error: Exception | None = None  # the refusal or failure the client was answered with
+    trace: object = None  # router.telemetry.tracing.RequestTrace while the request is traced
+    capture: list[bytes] | None = None  # chunks kept only for tenants under content debugging
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

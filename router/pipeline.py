@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from router.errors import OpenAIError, no_capacity
 from router.limits import Limiter
 from router.metering import Meter
 from router.relay import Send, relay_stream, send_once
+from router.telemetry import Telemetry
 from router.validation import PromptCounter, parse_json, validate
 from serving.backends.base import UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamStream
 from serving.endpoint import Endpoint
@@ -42,22 +44,46 @@ class Pipeline:
     count_prompt: PromptCounter
     max_retries: int = 2
     request_id_header: bytes = b"x-request-id"
+    telemetry: Telemetry = Telemetry.disabled()
 
     async def handle(
         self, ctx: RequestContext, raw_body: bytes, authorization: str | None, send: Send,
         disconnected: Callable[[], Awaitable[None]],
     ) -> None:
         """Serve one OpenAI request. Raises ``OpenAIError`` only before anything was sent."""
+        self.telemetry.begin(ctx)
+        try:
+            await self._serve(ctx, raw_body, authorization, send, disconnected)
+        except OpenAIError as exc:
+            ctx.status, ctx.error = exc.status, exc
+            if ctx.outcome == "ok":
+                ctx.outcome = "rejected"
+            raise
+        except Exception as exc:
+            ctx.error = exc
+            if ctx.outcome == "ok":
+                ctx.status, ctx.outcome = 500, "error"
+            raise
+        finally:
+            self.telemetry.finish(ctx)
+
+    async def _serve(
+        self, ctx: RequestContext, raw_body: bytes, authorization: str | None, send: Send,
+        disconnected: Callable[[], Awaitable[None]],
+    ) -> None:
         identity = await self.auth.authenticate(authorization)
         ctx.identity = identity
+        ctx.authed_at = time.perf_counter()
         ctx.body = parse_json(raw_body)
         validate(ctx, identity, self.catalog, self.count_prompt)
         assert ctx.model is not None
+        ctx.validated_at = time.perf_counter()
         pool = self.pools.get(ctx.model.pool)
         if pool is None:
             raise no_capacity(f"The pool serving `{ctx.model.name}` is not configured.")
 
         await self.limiter.reserve(ctx)
+        ctx.reserved_at = time.perf_counter()
         endpoint: Endpoint | None = None
         stream: UpstreamStream | None = None
         watch = _ClientWatch(disconnected)
@@ -95,6 +121,7 @@ class Pipeline:
         tried: set[Endpoint] = set()
         last: UpstreamError | None = None
         for _attempt in range(self.max_retries + 1):
+            ctx.queued_at = time.perf_counter()
             try:
                 endpoint = await self.admission.admit(ctx, pool, frozenset(tried))
             except OpenAIError:
@@ -102,11 +129,15 @@ class Pipeline:
                     raise
                 break
             ctx.endpoint = endpoint
+            ctx.admitted_at = ctx.upstream_at = time.perf_counter()
+            self.telemetry.upstream(ctx, request)
             try:
                 backend = endpoint.backend
                 result = await (backend.stream(request) if ctx.stream else backend.complete(request))
+                ctx.opened_at = time.perf_counter()
                 return endpoint, result
             except UpstreamError as exc:
+                self.telemetry.upstream_failed(ctx, exc)
                 self.admission.release(ctx, endpoint)
                 ctx.endpoint = None
                 if not exc.retryable:

@@ -24,6 +24,7 @@ from noor.settings import Settings
 from router.app import Gateway
 from router.keys import create_key
 from router.store import open_store
+from router.telemetry.logs import configure_logging
 
 console = Console()
 
@@ -60,6 +61,7 @@ async def _demo_key(settings: Settings, models: list[str]) -> tuple[str, str]:
 
 
 def _serve(settings: Settings, catalog: Catalog) -> None:
+    configure_logging(settings.telemetry)
     uvicorn.run(
         Gateway(settings, catalog).asgi(), host=settings.server.host, port=settings.server.port,
         loop="uvloop", http="httptools", log_level="warning", access_log=False,
