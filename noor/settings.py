@@ -97,13 +97,27 @@ class EngineSettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
-    """Admission and endpoint picking."""
+    """Admission (fair queueing in the gateway) and endpoint picking. See docs/scheduling.md."""
 
-    policy: str = "least_outstanding"
-    admission_enabled: bool = False
-    queue_deadline_s: float = 30.0
-    window_per_endpoint: int | None = None
+    policy: str = Field(default="least_outstanding",
+                        description="round_robin | least_outstanding | least_loaded | prefix_load")
+    admission_enabled: bool = Field(default=False, description="Queue in the gateway (VTC fair admission).")
+    queue_deadline_s: float = Field(default=30.0, description="Longest wait in the queue; then 429 + Retry-After.")
+    window_per_endpoint: int | None = Field(
+        default=None, description="Running + waiting requests per endpoint; None = the engine's max_num_seqs.")
     kv_cache_threshold: float = 0.95
+    max_starting_per_endpoint: int | None = Field(
+        default=None, description="Prefill pacing: streamed requests per endpoint still before their first "
+                                  "token. None = window/32 (at least 2); 0 = no pacing.")
+    priority_classes: list[str] = Field(default=["interactive", "batch"], description="Served first to last.")
+    vtc_input_weight: float = 1.0
+    vtc_output_weight: float = 2.0
+    output_estimate_tokens: int = Field(default=256, description="First guess of a tenant's output length.")
+    stale_after_intervals: float = Field(default=3.0, description="Signals older than this many scrapes are stale.")
+    scorer_weights: dict[str, float] = {"prefix": 2.0, "load": 1.0, "kv_cache": 0.5}
+    prefix_block_chars: int = 256
+    prefix_max_blocks: int = 128
+    prefix_lru_blocks: int = Field(default=16384, description="Block hashes remembered per endpoint.")
 
 
 class TelemetrySettings(BaseModel):

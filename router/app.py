@@ -16,15 +16,14 @@ from fastapi.responses import JSONResponse, Response
 from models.catalog import Catalog
 from noor.settings import Settings
 from router.admin import build_admin_api, install_error_handlers
-from router.admission.direct import DirectAdmission
 from router.auth import Authenticator
 from router.limits import Limiter
 from router.limits.choose import make_limiter
 from router.metering import Meter
 from router.openai_api import OpenAIApp
-from router.picking import make_policy
 from router.pipeline import Pipeline
 from router.prompt_tokens import PromptTokenCounter
+from router.scheduler import build_admission
 from router.store import open_store
 from router.store.base import Store
 from router.telemetry import Telemetry
@@ -56,7 +55,7 @@ class Gateway:
                        metrics_interval_s=eng.metrics_interval_s, unhealthy_after=eng.unhealthy_after_failures)
             for name, spec in catalog.pools.items()
         }
-        self.admission = DirectAdmission(make_policy(settings.scheduler.policy))
+        self.admission = build_admission(settings)
         spool = settings.store.spool_dir or settings.data_dir / "spool"
         self.meter = Meter(
             self.store, spool_path=spool / "usage.jsonl", flush_interval_s=settings.store.usage_flush_interval_s,

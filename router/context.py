@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ class RequestContext:
     identity: Identity | None = None
     # filled by admission / picking / the upstream call
     endpoint: Endpoint | None = None
+    prompt_blocks: list[int] | None = None  # chained block hashes of the prompt (prefix affinity)
+    on_first_token: Callable[[], None] | None = None  # set by admission that paces prefills
     reservation: object = None
     first_token_at: float | None = None
     usage: Usage | None = None

@@ -110,8 +110,10 @@ class Pipeline:
             watch.stop()
             if stream is not None:
                 await stream.aclose()
-            if endpoint is not None:
-                self.admission.release(ctx, endpoint)
+            # ctx.endpoint, not the local: a cancellation while the engine request was being opened
+            # leaves _open holding an admitted endpoint, whose slot must still be given back.
+            if ctx.endpoint is not None:
+                self.admission.release(ctx, ctx.endpoint)
             await self._finish(ctx)
 
     async def _open(self, ctx: RequestContext, pool: Pool) -> tuple[Endpoint, UpstreamResponse | UpstreamStream]:

@@ -54,6 +54,8 @@ async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, 
             t = clock()
             if ctx.first_token_at is None:
                 ctx.first_token_at = t
+                if ctx.on_first_token is not None:
+                    ctx.on_first_token()  # the engine is past the prompt: admission may pace the next one
             if chunk.usage is not None:
                 ctx.usage = chunk.usage
             if chunk.usage_only:

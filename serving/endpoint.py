@@ -22,6 +22,9 @@ class Endpoint:
     consecutive_failures: int = 0
     inflight: int = 0
     signals: EngineSignals | None = None
+    #: ``inflight`` when ``signals`` were scraped: what the engine reported beyond it came from elsewhere
+    #: (other gateway replicas), so load = inflight now + that excess, fresh between scrapes.
+    inflight_at_scrape: int = 0
     last_checked: float = field(default_factory=time.monotonic)
 
     @property

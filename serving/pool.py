@@ -38,6 +38,9 @@ class Pool:
         self._metrics_interval_s = metrics_interval_s
         self._unhealthy_after = unhealthy_after
         self._tasks: list[asyncio.Task] = []
+        #: Called after every health check and scrape: a queue waiting for capacity that changed outside
+        #: this gateway (an engine drained, recovered, freed KV cache) moves at once, without polling.
+        self.listeners: list[Callable[[], None]] = []
 
     async def add(self, backend: Backend, name: str | None = None) -> Endpoint:
         """Add an endpoint and probe it once, so it serves as soon as it is healthy."""
@@ -89,9 +92,21 @@ class Pool:
             ep.mark(ok, unhealthy_after=self._unhealthy_after)
             if was != ep.healthy:
                 log.warning("pool %s: endpoint %s is now %s", self.name, ep.name, "healthy" if ep.healthy else "unhealthy")
+        self._notify()
 
     async def _scrape(self) -> None:
-        results = await asyncio.gather(*(ep.backend.signals() for ep in self.endpoints if ep.healthy))
-        for ep, sig in zip([e for e in self.endpoints if e.healthy], results, strict=True):
+        # One list for both: health may change while the scrapes are in flight.
+        targets = [ep for ep in self.endpoints if ep.healthy]
+        results = await asyncio.gather(*(ep.backend.signals() for ep in targets))
+        for ep, sig in zip(targets, results, strict=True):
             if sig is not None:
                 ep.signals = sig
+                ep.inflight_at_scrape = ep.inflight
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("pool %s: listener failed", self.name)
