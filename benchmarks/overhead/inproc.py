@@ -1,0 +1,161 @@
+"""CPU per request of the gateway's ASGI app itself, called in-process (no HTTP server in front).
+
+The app under test (Noor's, or the minimal proxy for the floor) is called directly with an ASGI scope,
+``receive`` and ``send``, ``--concurrency`` requests at a time, against the stub engine running in its
+own process. CPU time (``process_time``) of this process per request is the app's own cost plus the
+upstream client's, without the server's HTTP parsing — steady enough on a busy machine to compare
+one change against another.
+
+    python benchmarks/overhead/inproc.py [--app noor|mini] [--n 20000] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from procs import free_port, set_session_nice, wait_http  # noqa: E402
+from targets import BENCH_LIMITS, find_tokenizer  # noqa: E402
+
+BODY = orjson.dumps({
+    "model": "bench-model", "messages": [{"role": "user", "content": "Hello! Say something nice about the sea."}],
+    "max_tokens": 16,
+})
+
+
+async def noor_app(stub_url: str, tmp: Path, stream: bool):
+    from models.catalog import Catalog
+    from noor.settings import Settings
+    from router.app import Gateway
+    from router.keys import create_key
+    from router.store.base import TenantLimits
+
+    tok = None if os.environ.get("BENCH_NO_TOKENIZER") else find_tokenizer()
+    spec = {"pool": "stub", "context_length": 2048, **({"tokenizer": str(tok)} if tok else {})}
+    catalog = Catalog.from_dict({"pools": {"stub": {"endpoints": [stub_url]}}, "models": {"bench-model": spec}})
+    settings = Settings(data_dir=tmp)  # NOOR_* from the environment apply
+    gateway = Gateway(settings, catalog)
+    tenant = await gateway.store.create_tenant("bench", limits=TenantLimits(**BENCH_LIMITS))
+    _, secret = await create_key(gateway.store, tenant.id)
+    await gateway.start()
+    app = gateway.asgi()
+    return app, [(b"authorization", f"Bearer {secret}".encode()), (b"content-type", b"application/json")], gateway.close
+
+
+async def mini_app(stub_url: str, tmp: Path, stream: bool):
+    os.environ["UPSTREAM"] = stub_url
+    import mini_proxy
+
+    mini_proxy.UPSTREAM = stub_url
+    messages: asyncio.Queue = asyncio.Queue()
+    messages.put_nowait({"type": "lifespan.startup"})
+
+    async def lifespan_receive():
+        return await messages.get()
+
+    async def lifespan_send(message):
+        pass
+
+    task = asyncio.ensure_future(mini_proxy.app({"type": "lifespan"}, lifespan_receive, lifespan_send))
+    await asyncio.sleep(0.1)
+
+    async def close():
+        messages.put_nowait({"type": "lifespan.shutdown"})
+        await task
+
+    return mini_proxy.app, [(b"content-type", b"application/json")], close
+
+
+async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bool = False, nice: int = 0) -> None:
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(HERE / "stub.py"), "--port", str(port), "--interval-ms", "0"],
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    set_session_nice(stub.pid, nice)
+    try:
+        stub_url = f"http://127.0.0.1:{port}"
+        wait_http(stub_url + "/health", 20)
+        tmp = Path(tempfile.mkdtemp())
+        body = BODY if not stream else orjson.dumps({**orjson.loads(BODY), "stream": True})
+        app, headers, close = await (noor_app if app_name == "noor" else mini_app)(stub_url, tmp, stream)
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/chat/completions",
+                 "raw_path": b"/v1/chat/completions", "query_string": b"", "headers": headers, "scheme": "http",
+                 "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "root_path": "", "state": {}}
+        statuses: dict[int, int] = {}
+
+        async def one() -> None:
+            sent_body = False
+
+            async def receive():
+                nonlocal sent_body
+                if not sent_body:
+                    sent_body = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await asyncio.Future()  # no disconnect
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+
+            await app(dict(scope), receive, send)
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await one()
+
+        await asyncio.gather(*(worker(200 // concurrency) for _ in range(concurrency)))  # warm up
+        statuses.clear()
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        t0, w0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+        cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+        if profiler is not None:
+            import pstats
+
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(45)
+        done = sum(statuses.values())
+        print(f"{app_name}{' stream' if stream else ''}: {1e6 * cpu / done:.1f} µs CPU per request "
+              f"({done} requests, concurrency {concurrency}, statuses {statuses}, {done / wall:.0f} req/s wall)")
+        await close()
+    finally:
+        stub.terminate()
+        stub.wait(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--app", choices=["noor", "mini"], default="noor")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--cprofile", action="store_true", help="print cProfile's top functions (slows everything)")
+    ap.add_argument("--nice", type=int, default=0, help="run in a new session at this autogroup niceness")
+    args = ap.parse_args()
+    if args.nice:
+        if os.getpid() != os.getpgid(0):
+            os.setsid()
+        set_session_nice(os.getpid(), args.nice)
+    uvloop.run(run(args.app, args.n, args.concurrency, args.stream, args.cprofile, args.nice))
+
+
+if __name__ == "__main__":
+    main()
