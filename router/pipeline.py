@@ -51,7 +51,7 @@ class Pipeline:
         identity = await self.auth.authenticate(authorization)
         ctx.identity = identity
         ctx.body = parse_json(raw_body)
-        validate(ctx, identity, self.catalog, self.count_prompt)
+        validate(ctx, identity, self.catalog, self.count_prompt, body_bytes=len(raw_body))
         assert ctx.model is not None
         pool = self.pools.get(ctx.model.pool)
         if pool is None:
