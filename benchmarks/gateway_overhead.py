@@ -293,7 +293,7 @@ def main() -> None:
     ap.add_argument("--hold-interval-ms", type=float, default=100.0)
     ap.add_argument("--redis", action="store_true", help="start a redis-server (on the load cores) as Noor's store and limiter")
     ap.add_argument("--store-url", default=None, help="Noor's store (default: SQLite in a temp dir)")
-    ap.add_argument("--server", default="uvicorn", help="Noor's ASGI server (noor serve --server)")
+    ap.add_argument("--server", default="uvicorn", help="Noor's ASGI server(s): uvicorn (noor serve), granian, or both: uvicorn,granian")
     ap.add_argument("--workers-scaling", type=int, default=0, help="also measure N workers on --scaling-cores")
     ap.add_argument("--scaling-cores", default="0,1")
     ap.add_argument("--no-tokenizer", action="store_true", help="serve without a tokenizer (prompts not counted)")
@@ -320,14 +320,18 @@ def main() -> None:
         report["store"] = store_url or "sqlite"
         stubs = {targets.MODEL: bench.stub_url, "bench-hold": bench.hold_url}
 
-        def make_noor(workers: int = 1) -> targets.Target:
+        def make_noor(workers: int = 1, server: str = "uvicorn") -> targets.Target:
             sub = run_dir / f"noor-{workers}w-{time.monotonic_ns()}"
-            return targets.noor(stubs, sub, free_port(), store_url=store_url, workers=workers, server=args.server,
+            return targets.noor(stubs, sub, free_port(), store_url=store_url, workers=workers, server=server,
                                 tokenizer=tokenizer, extra_env=extra_env)
 
+        servers = args.server.split(",")
         if args.only in ("noor", "both"):
-            report["noor"] = run_target(bench, "Noor", make_noor, rates, max(rates), 100, args.gateway_cores,
-                                        args.streams, args.hold)
+            for server in servers:
+                name = "noor" if server == servers[0] else f"noor-{server}"
+                report[name] = run_target(bench, f"Noor ({server})", lambda s=server: make_noor(server=s), rates,
+                                          max(rates), 100, args.gateway_cores, args.streams, args.hold)
+                report[name]["server"] = server
         if args.mini:
             report["mini"] = run_target(bench, "minimal proxy (raw ASGI + aiohttp, no features)",
                                         lambda: targets.mini(bench.stub_url, free_port()), rates, max(rates), 100,
@@ -346,7 +350,7 @@ def main() -> None:
             n = args.workers_scaling
             one = report.get("noor", {}).get("search", {}).get("max_sustainable") or max(rates)
             print(f"\n## worker scaling: {n} workers on cores {args.scaling_cores}", flush=True)
-            report["scaling"] = run_target(bench, f"Noor ×{n}", lambda: make_noor(n), [], one, 100,
+            report["scaling"] = run_target(bench, f"Noor ×{n}", lambda: make_noor(n, servers[0]), [], one, 100,
                                            args.scaling_cores, False, 0)
             report["scaling"]["workers"] = n
         report["machine"]["loadavg_end"] = os.getloadavg()

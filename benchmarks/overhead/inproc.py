@@ -131,7 +131,7 @@ async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bo
             import pstats
 
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(45)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(int(os.environ.get("BENCH_PROFILE_ROWS", "45")))
         done = sum(statuses.values())
         print(f"{app_name}{' stream' if stream else ''}: {1e6 * cpu / done:.1f} µs CPU per request "
               f"({done} requests, concurrency {concurrency}, statuses {statuses}, {done / wall:.0f} req/s wall)")

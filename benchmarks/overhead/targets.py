@@ -80,7 +80,14 @@ def noor(stub_urls: dict[str, str], data_dir: Path, port: int, *, store_url: str
         "NOOR_SERVER__ADMIN_TOKEN": ADMIN_TOKEN, "NOOR_SERVER__HOST": "127.0.0.1", "NOOR_SERVER__PORT": str(port),
         "NOOR_TELEMETRY__ACCESS_LOG": "false", **(extra_env or {}),
     }
-    cmd = [sys.executable, "-m", "noor", "serve", "--workers", str(workers)] + ([] if server == "uvicorn" else ["--server", server])
+    if server == "uvicorn":  # what production runs
+        cmd = [sys.executable, "-m", "noor", "serve", "--workers", str(workers)]
+    elif server == "granian":  # the alternative measured against it (granian from PyPI)
+        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--http", "1",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--backpressure", "100000",
+               "--log-level", "warning", "router.app:create_app"]
+    else:
+        raise ValueError(f"unknown server {server!r}")
     return Target("noor", cmd, env, f"http://127.0.0.1:{port}", key, "/ready", {})
 
 
