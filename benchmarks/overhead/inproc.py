@@ -37,12 +37,14 @@ BODY = orjson.dumps({
 
 
 async def noor_app(stub_url: str, tmp: Path, stream: bool):
+    import clients
     from models.catalog import Catalog
     from noor.settings import Settings
     from router.app import Gateway
     from router.keys import create_key
     from router.store.base import TenantLimits
 
+    clients.install(os.environ.get("BENCH_CLIENT", "aiohttp"))
     tok = None if os.environ.get("BENCH_NO_TOKENIZER") else find_tokenizer()
     spec = {"pool": "stub", "context_length": 2048, **({"tokenizer": str(tok)} if tok else {})}
     catalog = Catalog.from_dict({"pools": {"stub": {"endpoints": [stub_url]}}, "models": {"bench-model": spec}})
@@ -148,8 +150,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--cprofile", action="store_true", help="print cProfile's top functions (slows everything)")
+    ap.add_argument("--client", choices=["aiohttp", "httpx", "httpx-aiohttp"], default="aiohttp",
+                    help="Noor's upstream client (benchmark only: overhead/clients.py)")
     ap.add_argument("--nice", type=int, default=0, help="run in a new session at this autogroup niceness")
     args = ap.parse_args()
+    os.environ["BENCH_CLIENT"] = args.client
     if args.nice:
         if os.getpid() != os.getpgid(0):
             os.setsid()
