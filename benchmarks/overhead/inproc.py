@@ -81,9 +81,10 @@ async def mini_app(stub_url: str, tmp: Path, stream: bool):
     return mini_proxy.app, [(b"content-type", b"application/json")], close
 
 
-async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bool = False, nice: int = 0) -> None:
+async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bool = False, nice: int = 0,
+              interval_ms: float = 0.0) -> None:
     port = free_port()
-    stub = subprocess.Popen([sys.executable, str(HERE / "stub.py"), "--port", str(port), "--interval-ms", "0"],
+    stub = subprocess.Popen([sys.executable, str(HERE / "stub.py"), "--port", str(port), "--interval-ms", str(interval_ms)],
                             stdout=subprocess.DEVNULL, start_new_session=True)
     set_session_nice(stub.pid, nice)
     try:
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--interval-ms", type=float, default=0.0, help="the stub's pause between stream chunks")
     ap.add_argument("--cprofile", action="store_true", help="print cProfile's top functions (slows everything)")
     ap.add_argument("--client", choices=["aiohttp", "httpx", "httpx-aiohttp"], default="aiohttp",
                     help="Noor's upstream client (benchmark only: overhead/clients.py)")
@@ -159,7 +161,7 @@ def main() -> None:
         if os.getpid() != os.getpgid(0):
             os.setsid()
         set_session_nice(os.getpid(), args.nice)
-    uvloop.run(run(args.app, args.n, args.concurrency, args.stream, args.cprofile, args.nice))
+    uvloop.run(run(args.app, args.n, args.concurrency, args.stream, args.cprofile, args.nice, args.interval_ms))
 
 
 if __name__ == "__main__":
