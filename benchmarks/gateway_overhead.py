@@ -24,7 +24,8 @@ Reported:
 
 Other work on the machine shares these cores: compare numbers within one run only. ``--nice -20``
 raises the benchmark's processes (their sessions' autogroups too, see overhead/procs.py) above other
-work, which cuts that noise; it needs root or CAP_SYS_NICE.
+work, which cuts that noise; ``--rt 1`` runs them under SCHED_FIFO instead, so a woken process runs at
+once (on this VM a wake-up otherwise waited milliseconds). Both need root or CAP_SYS_NICE.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Bench:
 
     def start(self, name: str, cmd: list[str], cores: str, env: dict | None = None) -> Proc:
         proc = Proc(name, cmd, cores=cores, nice=self.args.nice, env=os.environ | (env or {}), log_dir=self.log_dir,
-                    cwd=targets.REPO)
+                    cwd=targets.REPO, rt=self.args.rt)
         self.procs.append(proc)
         return proc
 
@@ -109,7 +110,7 @@ class Bench:
 
     def loadgen(self, *argv: str) -> dict:
         out = run_pinned([PY, str(HERE / "overhead" / "loadgen.py"), *argv], self.args.load_cores, self.args.nice,
-                         cwd=targets.REPO)
+                         cwd=targets.REPO, rt=self.args.rt)
         if out.returncode != 0:
             raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -276,6 +277,7 @@ def main() -> None:
     ap.add_argument("--gateway-cores", default="1")
     ap.add_argument("--load-cores", default="0")
     ap.add_argument("--nice", type=int, default=0, help="niceness for every process started here (negative: above other work)")
+    ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority for every process started here (0: off)")
     ap.add_argument("--rates", default="250,500,1000,1500,2000")
     ap.add_argument("--litellm-rates", default="10,25,50,100")
     ap.add_argument("--duration", type=float, default=5.0)
@@ -309,7 +311,7 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
     bench = Bench(args, run_dir)
     report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
-        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice}}
+        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt}}
     tokenizer = None if args.no_tokenizer else targets.find_tokenizer()
     extra_env = dict(kv.split("=", 1) for kv in args.noor_env)
     print(f"# gateway overhead — logs in {run_dir}; tokenizer: {tokenizer or 'none'}; "

@@ -120,6 +120,14 @@ async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bo
                 await one()
 
         await asyncio.gather(*(worker(200 // concurrency) for _ in range(concurrency)))  # warm up
+        if os.environ.get("BENCH_GC_FREEZE"):
+            import gc
+
+            gc.freeze()
+        if os.environ.get("BENCH_GC_GEN0"):
+            import gc
+
+            gc.set_threshold(int(os.environ["BENCH_GC_GEN0"]), 10, 10)
         statuses.clear()
         profiler = None
         if profile:
