@@ -128,20 +128,28 @@ class Bench:
             raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def rate(self, url: str, key: str | None, rate: float, model: str = targets.MODEL) -> dict:
+    def rate(self, url: str, key: str | None, rate: float, model: str = targets.MODEL, baseline: str | None = None) -> dict:
         conns = str(max(4, min(64, int(rate / 50))))
         argv = ["rate", "--url", url, "--rate", str(rate), "--duration", str(self.args.duration),
                 "--warmup", str(self.args.warmup), "--connections", conns, "--model", model,
                 "--arrivals", self.args.arrivals, "--grace", str(self.args.grace)]
         if key:
             argv += ["--key", key]
+        if baseline:
+            argv += ["--baseline-url", baseline]
         return self.loadgen(*argv)
 
     def pair(self, target: targets.Target, proc: Proc, rate: float) -> dict:
-        """Direct, then through the gateway, at ``rate``; with the gateway's CPU share during its run."""
-        direct = self.rate(self.stub_url, None, rate)
+        """Direct and through the gateway at ``rate``, with the gateway's CPU share during the run.
+
+        Paired (the default), one load generator sends each arrival both ways at the same instant, so a
+        stall of the machine lands on both; otherwise direct runs first, then through.
+        """
+        direct = None if self.args.paired else self.rate(self.stub_url, None, rate)
         cpu0, t0 = proc.cpu_seconds(), time.monotonic()
-        via = self.rate(target.url, target.key, rate)
+        via = self.rate(target.url, target.key, rate, baseline=self.stub_url if self.args.paired else None)
+        if direct is None:
+            direct = via.pop("baseline")
         cpu_s = proc.cpu_seconds() - cpu0
         cpu = cpu_s / (time.monotonic() - t0)
         row = {"offered": rate, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3),
@@ -310,6 +318,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--grace", type=float, default=10.0)
     ap.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson")
+    ap.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                    help="send each arrival direct and through at once (default) instead of one run after the other")
     ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--search-steps", type=int, default=10)
     ap.add_argument("--criteria", default="strict,capacity", help="which max-rate searches: strict, capacity or both")

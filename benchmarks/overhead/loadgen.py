@@ -11,7 +11,9 @@ requests per second on a fraction of one core: run it straight against the stub 
 Modes (each prints one JSON object):
 
 - ``rate``: offer ``--rate`` req/s for ``--duration`` s after ``--warmup`` s; latency is measured from
-  the moment each request was written to the moment its response was complete.
+  the moment each request was written to the moment its response was complete. With
+  ``--baseline-url`` every arrival also goes to that URL (the stub, direct), so both see the same
+  arrivals and the same stalls of the machine, and "added" latency compares like with like.
 - ``streams``: ``--concurrency`` streams back to back for ``--duration`` s: time to first chunk and
   each chunk's transit time (the stub stamps every chunk with CLOCK_MONOTONIC; same machine, same clock).
 - ``hold``: open ``--concurrency`` streams at once (over ``--ramp`` s), keep them all open, count errors.
@@ -170,10 +172,10 @@ class ConnPool:
 
 
 class Unary(Exchange):
-    __slots__ = ("run", "intended", "sent", "measured", "ok_body")
+    __slots__ = ("flow", "intended", "sent", "measured", "ok_body")
 
-    def __init__(self, run: RateRun, intended: float, measured: bool) -> None:
-        self.run, self.intended, self.measured = run, intended, measured
+    def __init__(self, flow: Flow, intended: float, measured: bool) -> None:
+        self.flow, self.intended, self.measured = flow, intended, measured
         self.sent = 0.0
         self.ok_body = False
 
@@ -182,16 +184,17 @@ class Unary(Exchange):
             self.ok_body = True
 
     def on_complete(self, status: int) -> None:
-        self.run.done(self, status == 200 and self.ok_body, f"status {status}")
+        self.flow.done(self, status == 200 and self.ok_body, f"status {status}")
 
     def on_error(self, reason: str) -> None:
-        self.run.done(self, False, reason)
+        self.flow.done(self, False, reason)
 
 
-class RateRun:
-    def __init__(self, pool: ConnPool, request: bytes, rate: float, duration: float, warmup: float, arrivals: str) -> None:
+class Flow:
+    """The requests to one URL in a rate run: their connections, latencies, lateness and errors."""
+
+    def __init__(self, pool: ConnPool, request: bytes, on_idle: Callable[[], None]) -> None:
         self.pool, self.request = pool, request
-        self.rate, self.duration, self.warmup, self.arrivals = rate, duration, warmup, arrivals
         self.latencies: list[float] = []
         self.lags: list[float] = []
         self.errors: dict[str, int] = {}
@@ -199,8 +202,7 @@ class RateRun:
         self.measured_sent = 0
         self.total_sent = 0
         self.last_done = 0.0
-        self.all_done = asyncio.Event()
-        self.sending = True
+        self._on_idle = on_idle
 
     def done(self, ex: Unary, ok: bool, reason: str) -> None:
         t = now()
@@ -211,8 +213,8 @@ class RateRun:
             else:
                 self.errors[reason[:80]] = self.errors.get(reason[:80], 0) + 1
             self.last_done = t
-        if not self.sending and self.outstanding == 0:
-            self.all_done.set()
+        if self.outstanding == 0:
+            self._on_idle()
 
     def issue(self, intended: float, measured: bool) -> None:
         ex = Unary(self, intended, measured)
@@ -240,10 +242,33 @@ class RateRun:
             self.lags.append(now() - ex.intended)
         conn.send(self.request, ex)
 
+    def report(self, window: float, end: float) -> dict:
+        ok = len(self.latencies)
+        return {
+            "sent": self.measured_sent, "sent_total": self.total_sent, "ok": ok, "errors": sum(self.errors.values()),
+            "error_kinds": self.errors, "achieved": round(ok / (max(self.last_done, end) - window), 1),
+            "latency_ms": summary(self.latencies), "lag_ms": summary(self.lags), "connections": self.pool.opened,
+        }
+
+
+class RateRun:
+    """Offer ``rate`` req/s to every flow at the same instants (a baseline flow shares the run's fate:
+    whatever stalls the load generator or the machine stalls both)."""
+
+    def __init__(self, flows: list[Flow], rate: float, duration: float, warmup: float, arrivals: str) -> None:
+        self.flows = flows
+        self.rate, self.duration, self.warmup, self.arrivals = rate, duration, warmup, arrivals
+        self.all_done = asyncio.Event()
+        self.sending = True
+
+    def idle(self) -> None:
+        if not self.sending and all(f.outstanding == 0 for f in self.flows):
+            self.all_done.set()
+
     def _gap(self) -> float:
         return random.expovariate(self.rate) if self.arrivals == "poisson" else 1.0 / self.rate
 
-    async def go(self, grace: float) -> dict:
+    async def go(self, grace: float) -> list[dict]:
         start = now() + 0.01
         window = start + self.warmup
         end = window + self.duration
@@ -254,28 +279,28 @@ class RateRun:
             if cpu0 is None and cur >= window:
                 cpu0, wall0 = os.times(), cur
             while t <= cur and t < end:
-                self.issue(t, t >= window)
+                for flow in self.flows:
+                    flow.issue(t, t >= window)
                 t += self._gap()
             delay = t - now()
             if delay > 0:
                 await asyncio.sleep(delay)
         self.sending = False
         cpu1, wall1 = os.times(), now()
-        if self.outstanding:
+        if any(f.outstanding for f in self.flows):
             try:
                 await asyncio.wait_for(self.all_done.wait(), grace)
             except TimeoutError:
-                self.errors["timeout"] = self.errors.get("timeout", 0) + self.outstanding
+                for f in self.flows:
+                    if f.outstanding:
+                        f.errors["timeout"] = f.errors.get("timeout", 0) + f.outstanding
         assert cpu0 is not None and wall0 is not None
-        ok = len(self.latencies)
-        span = max(self.last_done, end) - window
-        return {
-            "mode": "rate", "offered": self.rate, "arrivals": self.arrivals, "duration_s": self.duration,
-            "sent": self.measured_sent, "sent_total": self.total_sent, "ok": ok, "errors": sum(self.errors.values()), "error_kinds": self.errors,
-            "achieved": round(ok / span, 1), "latency_ms": summary(self.latencies), "lag_ms": summary(self.lags),
-            "connections": self.pool.opened,
-            "loadgen_cpu": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0), 3),
-        }
+        cpu = round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0), 3)
+        return [
+            {"mode": "rate", "offered": self.rate, "arrivals": self.arrivals, "duration_s": self.duration,
+             **f.report(window, end), "loadgen_cpu": cpu}
+            for f in self.flows
+        ]
 
 
 # ---- streams ----------------------------------------------------------------------------------
@@ -420,24 +445,39 @@ def body_for(args: argparse.Namespace, stream: bool) -> dict:
 async def amain(args: argparse.Namespace) -> dict:
     parts = urlsplit(args.url)
     pool = ConnPool(parts.hostname or "127.0.0.1", parts.port or 80)
+    pools = [pool]
     try:
         if args.mode == "rate":
-            request = build_request(args.url, args.path, body_for(args, stream=False), args.key)
-            await pool.prefill(args.connections)
-            run = RateRun(pool, request, args.rate, args.duration, args.warmup, args.arrivals)
-            return await run.go(args.grace)
+            flows: list[Flow] = []
+            run = None
+            targets = [(pool, args.url, args.key)]
+            if args.baseline_url:
+                parts = urlsplit(args.baseline_url)
+                pools.append(ConnPool(parts.hostname or "127.0.0.1", parts.port or 80))
+                targets.append((pools[-1], args.baseline_url, None))
+            for p, url, key in targets:
+                await p.prefill(args.connections)
+                flows.append(Flow(p, build_request(url, args.path, body_for(args, stream=False), key), lambda: run.idle()))
+            run = RateRun(flows, args.rate, args.duration, args.warmup, args.arrivals)
+            result, *baseline = await run.go(args.grace)
+            if baseline:
+                result["baseline"] = baseline[0]
+            return result
         request = build_request(args.url, args.path, body_for(args, stream=True), args.key)
         if args.mode == "streams":
             return await streams_closed_loop(pool, request, args.concurrency, args.duration, args.warmup, args.chunks)
         return await hold_streams(pool, request, args.concurrency, args.ramp, args.chunks, args.grace)
     finally:
-        pool.close()
+        for p in pools:
+            p.close()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["rate", "streams", "hold"])
     ap.add_argument("--url", required=True)
+    ap.add_argument("--baseline-url", default=None,
+                    help="rate mode: send each request to this URL too (no key), at the same instants")
     ap.add_argument("--path", default="/v1/chat/completions")
     ap.add_argument("--key", default=None)
     ap.add_argument("--model", default="bench-model")
