@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--requests-per-slot", type=int, default=2, help="requests = max(4, slots * this)")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved direct/gateway rounds per concurrency")
     args = ap.parse_args()
 
     server = None
@@ -121,9 +123,15 @@ def main() -> None:
         print(f"{'concurrency':>11} {'direct tok/s':>13} {'gateway tok/s':>14} {'ratio':>7}")
         for c in (int(x) for x in args.concurrency.split(",")):
             n = max(4, c * args.requests_per_slot)
-            direct, dtok = asyncio.run(run(args.vllm_url, None, c, n, args.max_tokens))
-            via, gtok = asyncio.run(run(gw_url, key, c, n, args.max_tokens))
-            assert dtok == gtok == n * args.max_tokens, (dtok, gtok)
+            # Interleave direct and gateway rounds (A B B A …) so a drift in background load hits both.
+            direct_rates, via_rates = [], []
+            for i in range(args.rounds):
+                order = [(args.vllm_url, None, direct_rates), (gw_url, key, via_rates)]
+                for url, k, into in order if i % 2 == 0 else order[::-1]:
+                    rate, tokens = asyncio.run(run(url, k, c, n, args.max_tokens))
+                    assert tokens == n * args.max_tokens, tokens
+                    into.append(rate)
+            direct, via = statistics.mean(direct_rates), statistics.mean(via_rates)
             print(f"{c:>11} {direct:>13.1f} {via:>14.1f} {via / direct:>7.3f}", flush=True)
     finally:
         gw.terminate()

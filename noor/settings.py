@@ -38,13 +38,45 @@ class StoreSettings(BaseModel):
     usage_flush_interval_s: float = 0.5
     usage_flush_max_records: int = 500
     spool_dir: Path | None = Field(default=None, description="Local spool for usage records while the store is away.")
+    # Redis only (ignored by SQLite).
+    redis_prefix: str = Field(default="noor:", description="Namespace of every Redis key Noor writes.")
+    redis_connect_timeout_s: float = 0.5
+    redis_socket_timeout_s: float = 1.0
+    redis_max_connections: int = Field(default=64, description="Per gateway process; requests queue for one beyond it.")
+    redis_retry_after_s: float = Field(
+        default=1.0, description="After Redis fails, calls fail fast for this long before it is tried again."
+    )
+    auth_invalidation: Literal["version", "pubsub"] = Field(
+        default="version",
+        description="version: one GET of a version key per request (a revoke is seen by the very next request "
+        "at every replica); pubsub: no per-request read, caches dropped when a change is published.",
+    )
+    ledger_aggregate: bool = Field(default=True, description="Run the usage-ledger aggregator in this gateway.")
+    ledger_batch: int = 500
+    ledger_claim_idle_s: float = Field(
+        default=30.0, description="Ledger entries a consumer held this long unacknowledged are taken over."
+    )
+    usage_records_retention_days: int = 90
 
 
 class LimitsSettings(BaseModel):
-    """How limits behave when the shared store is unreachable."""
+    """Which limiter enforces tenants' quotas, and how it behaves when the shared store is unreachable."""
 
     enabled: bool = True
-    on_store_failure: Literal["open", "closed"] = "open"
+    backend: Literal["auto", "redis", "local"] = Field(
+        default="auto", description="auto: Redis when the store is Redis, else in-process (one gateway)."
+    )
+    on_store_failure: Literal["open", "closed"] = Field(
+        default="open", description="open: enforce limits locally per replica and keep serving; closed: 503."
+    )
+    fail_open_share: float = Field(
+        default=1.0, gt=0, le=1,
+        description="Share of each limit one replica enforces on its own while Redis is away (1/replicas is strict).",
+    )
+    window_s: float = Field(default=60.0, gt=0, description="The 'minute' of RPM/TPM (shorter only in tests).")
+    concurrency_lease_s: float = Field(
+        default=60.0, gt=0, description="A concurrency slot held by a replica that died is freed after this long."
+    )
 
 
 class EngineSettings(BaseModel):

@@ -18,7 +18,8 @@ from noor.settings import Settings
 from router.admin import build_admin_api, install_error_handlers
 from router.admission.direct import DirectAdmission
 from router.auth import Authenticator
-from router.limits import Limiter, Unlimited
+from router.limits import Limiter
+from router.limits.choose import make_limiter
 from router.metering import Meter
 from router.openai_api import OpenAIApp
 from router.picking import make_policy
@@ -38,9 +39,9 @@ class Gateway:
     def __init__(self, settings: Settings, catalog: Catalog, *, store: Store | None = None, limiter: Limiter | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, settings.store)
         self.auth = Authenticator(self.store, ttl_s=settings.store.key_cache_ttl_s)
-        self.limiter = limiter or Unlimited()
+        self.limiter = limiter or make_limiter(settings.limits, self.store)
         eng = settings.engine
         self.pools = {
             name: Pool(name, engine=spec.engine, health_interval_s=eng.health_interval_s,
@@ -66,6 +67,8 @@ class Gateway:
                 backend = make_backend(spec.engine, url, **_backend_options(spec.engine, eng, spec.protocol))
                 await self.pools[name].add(backend)
             await self.pools[name].start()
+        await self.store.start()
+        await self.limiter.start()
         await self.meter.start()
 
     async def close(self) -> None:

@@ -38,7 +38,6 @@ class Pool:
         self._metrics_interval_s = metrics_interval_s
         self._unhealthy_after = unhealthy_after
         self._tasks: list[asyncio.Task] = []
-        self._changed = asyncio.Event()
 
     async def add(self, backend: Backend, name: str | None = None) -> Endpoint:
         """Add an endpoint and probe it once, so it serves as soon as it is healthy."""

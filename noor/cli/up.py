@@ -49,7 +49,7 @@ def _free_port(host: str, start: int) -> int:
 
 
 async def _demo_key(settings: Settings, models: list[str]) -> tuple[str, str]:
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.store)
     try:
         tenant = await store.find_tenant("demo") or await store.create_tenant("demo", allowed_models=models)
         _, secret = await create_key(store, tenant.id, name="noor-up")

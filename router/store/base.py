@@ -186,5 +186,8 @@ class Store(abc.ABC):
         limit: int | None = None,
     ) -> list[UsageRecord]: ...
 
+    async def start(self) -> None:
+        """Start background work the store needs in a gateway (Redis: the usage-ledger aggregator)."""
+
     async def close(self) -> None:
         pass
