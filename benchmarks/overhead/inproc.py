@@ -49,6 +49,8 @@ async def noor_app(stub_url: str, tmp: Path, stream: bool):
     spec = {"pool": "stub", "context_length": 2048, **({"tokenizer": str(tok)} if tok else {})}
     catalog = Catalog.from_dict({"pools": {"stub": {"endpoints": [stub_url]}}, "models": {"bench-model": spec}})
     settings = Settings(data_dir=tmp)  # NOOR_* from the environment apply
+    if os.environ.get("BENCH_REDIS_URL"):
+        settings.store.url = os.environ["BENCH_REDIS_URL"]
     gateway = Gateway(settings, catalog)
     tenant = await gateway.store.create_tenant("bench", limits=TenantLimits(**BENCH_LIMITS))
     _, secret = await create_key(gateway.store, tenant.id)
@@ -84,6 +86,14 @@ async def mini_app(stub_url: str, tmp: Path, stream: bool):
 async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bool = False, nice: int = 0,
               interval_ms: float = 0.0) -> None:
     port = free_port()
+    redis_server = None
+    if os.environ.get("BENCH_REDIS"):
+        rport = free_port()
+        redis_server = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--save", "",
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
+        set_session_nice(redis_server.pid, nice)
+        os.environ["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+        time.sleep(0.5)
     stub = subprocess.Popen([sys.executable, str(HERE / "stub.py"), "--port", str(port), "--interval-ms", str(interval_ms)],
                             stdout=subprocess.DEVNULL, start_new_session=True)
     set_session_nice(stub.pid, nice)
@@ -148,8 +158,10 @@ async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bo
               f"({done} requests, concurrency {concurrency}, statuses {statuses}, {done / wall:.0f} req/s wall)")
         await close()
     finally:
-        stub.terminate()
-        stub.wait(5)
+        for proc in (stub, redis_server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(5)
 
 
 def main() -> None:
@@ -163,8 +175,11 @@ def main() -> None:
     ap.add_argument("--client", choices=["aiohttp", "httpx", "httpx-aiohttp"], default="aiohttp",
                     help="Noor's upstream client (benchmark only: overhead/clients.py)")
     ap.add_argument("--nice", type=int, default=0, help="run in a new session at this autogroup niceness")
+    ap.add_argument("--redis", action="store_true", help="Noor on its own redis-server (store, limits, metering)")
     args = ap.parse_args()
     os.environ["BENCH_CLIENT"] = args.client
+    if args.redis:
+        os.environ["BENCH_REDIS"] = "1"
     if args.nice:
         if os.getpid() != os.getpgid(0):
             os.setsid()

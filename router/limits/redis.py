@@ -39,6 +39,7 @@ from router.limits.redis_scripts import CHARGE, RENEW, RESERVE, SETTLE
 from router.limits.reservation import Reservation, actual_tokens, limited, request_cost
 from router.store.base import TenantLimits
 from router.store.redis_link import Breaker, StoreUnavailable
+from router.store.redis_wire import PipelinedRedis
 from serving.backends.base import Usage
 
 if TYPE_CHECKING:
@@ -66,8 +67,12 @@ class RedisLimiter(Limiter):
         lease_s: float = 60.0,
         on_store_failure: Literal["open", "closed"] = "open",
         fail_open_share: float = 1.0,
+        wire: PipelinedRedis | None = None,
     ) -> None:
         self._r = client
+        # reserve and settle, once per request, go through the pipelined client (router/store/redis_wire.py)
+        self._wire = wire or PipelinedRedis.like(client)
+        self._own_wire = wire is None
         self.breaker = breaker
         self.prefix = prefix
         self.window_ms = int(window_s * 1000)
@@ -91,7 +96,7 @@ class RedisLimiter(Limiter):
         return cls(
             store.client, store.breaker, prefix=store.prefix, window_s=settings.window_s,
             lease_s=settings.concurrency_lease_s, on_store_failure=settings.on_store_failure,
-            fail_open_share=settings.fail_open_share,
+            fail_open_share=settings.fail_open_share, wire=store.wire,
         )
 
     def _keys(self, tenant_id: str, budget_key: str | None) -> list[str]:
@@ -112,6 +117,8 @@ class RedisLimiter(Limiter):
             self._task = None
         with contextlib.suppress(Exception):
             await self._flush_backlog()
+        if self._own_wire:
+            await self._wire.close()
 
     # ---- the request path
     async def reserve(self, ctx: RequestContext) -> None:
@@ -128,7 +135,7 @@ class RedisLimiter(Limiter):
                 int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
         keys = self._keys(ident.tenant_id, budget_key)
         try:
-            raw = await self.breaker.call(lambda: self._reserve(keys=keys, args=args))
+            raw = await self.breaker.call(lambda: self._wire.evalsha(self._reserve.sha, self._reserve.script, keys, args))
         except StoreUnavailable:
             await self._reserve_degraded(ctx, lim, cost)
             return
@@ -168,7 +175,7 @@ class RedisLimiter(Limiter):
         keys = self._keys(res.tenant_id, res.budget_key)
         settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
         try:
-            await self.breaker.call(lambda: self._settle(keys=settle_keys, args=args))
+            await self.breaker.call(lambda: self._wire.evalsha(self._settle.sha, self._settle.script, settle_keys, args))
         except StoreUnavailable:
             if len(self._unsettled) < _MAX_BACKLOG:
                 self._unsettled.append((settle_keys, args))

@@ -43,6 +43,7 @@ from router.store.base import (
 )
 from router.store.redis_ledger import UsageLedger, day_of
 from router.store.redis_link import REDIS_DOWN, Breaker, StoreUnavailable, make_client
+from router.store.redis_wire import PipelinedRedis
 
 if TYPE_CHECKING:
     from noor.settings import StoreSettings
@@ -97,6 +98,9 @@ class RedisStore(Store):
         self._epoch_key = prefix + "auth:epoch"
         self._channel = prefix + "auth:changed"
         self._resolve = client.register_script(_RESOLVE)
+        # The request path's commands (this epoch GET, the limiter's scripts) go through one pipelined
+        # connection rather than redis-py's pool: ~12 us per command instead of ~70 (redis_wire.py).
+        self.wire = PipelinedRedis.like(client)
         self._pubsub = _PubSubEpoch(client, self._channel, self.breaker) if auth_invalidation == "pubsub" else None
 
     @classmethod
@@ -129,6 +133,7 @@ class RedisStore(Store):
         await self.ledger.stop()
         if self._pubsub is not None:
             await self._pubsub.close()
+        await self.wire.close()
         await self.client.aclose()
 
     async def _mutate(self, pipe: aioredis.client.Pipeline) -> list:
@@ -269,7 +274,7 @@ class RedisStore(Store):
     async def auth_epoch(self) -> object:
         if self._pubsub is not None:
             return await self._pubsub.current()
-        return await self.breaker.call(lambda: self.client.get(self._epoch_key))
+        return await self.breaker.call(lambda: self.wire.execute("GET", self._epoch_key))
 
     # ---- usage
     async def add_usage(self, records: list[UsageRecord]) -> None:
