@@ -125,9 +125,30 @@ async def run(app_name: str, n: int, concurrency: int, stream: bool, profile: bo
 
             await app(dict(scope), receive, send)
 
+        progress = [0]
+
         async def worker(count: int) -> None:
             for _ in range(count):
                 await one()
+                progress[0] += 1
+
+        async def watchdog() -> None:
+            last = -1
+            while True:
+                await asyncio.sleep(10)
+                if progress[0] == last:
+                    print(f"no progress for 10 s after {last} requests; tasks:", file=sys.stderr)
+                    for task in asyncio.all_tasks():
+                        print(f"- {task.get_name()}:", file=sys.stderr)
+                        coro = task.get_coro()
+                        while coro is not None:  # the whole await chain, not just the task's own frame
+                            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                            if frame is not None:
+                                print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+                            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+                last = progress[0]
+
+        dog = asyncio.ensure_future(watchdog())
 
         await asyncio.gather(*(worker(200 // concurrency) for _ in range(concurrency)))  # warm up
         if os.environ.get("BENCH_GC_FREEZE"):

@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from router.store.base import UsageRecord
 from router.store.redis_link import Breaker, StoreUnavailable
+from router.store.redis_wire import PipelinedRedis
 
 log = logging.getLogger("noor.ledger")
 
@@ -89,8 +90,10 @@ class UsageLedger:
         claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,
+        wire: PipelinedRedis | None = None,
     ) -> None:
         self._r = client
+        self._wire = wire  # appends go through the pipelined client when given (router/store/redis_wire.py)
         self._breaker = breaker
         self.prefix = prefix
         self.stream = prefix + "usage:stream"
@@ -111,6 +114,11 @@ class UsageLedger:
     async def append(self, records: list[UsageRecord]) -> None:
         """XADD each record (one pipelined round trip). Raises StoreUnavailable when Redis is away."""
         if not records:
+            return
+
+        if self._wire is not None:  # ~1 us per record to pack, instead of ~20 through redis-py's pipeline
+            wire, commands = self._wire, [(b"XADD", self.stream, b"*", b"r", orjson.dumps(rec)) for rec in records]
+            await self._breaker.call(lambda: wire.execute_many(commands))
             return
 
         async def go() -> None:

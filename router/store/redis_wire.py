@@ -128,6 +128,29 @@ class PipelinedRedis:
         wire.send(hiredis.pack_command(args), loop)
         return await fut
 
+    async def execute_many(self, commands: list[tuple]) -> list[object]:
+        """Send several commands in one write and return their replies (an error reply raises)."""
+        if not commands:
+            return []
+        wire = self._wire if self._wire is not None else await self._connect()
+        loop = self._loop
+        assert loop is not None
+        futures = [loop.create_future() for _ in commands]
+        last = futures[-1]
+        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, last) if self._socket_timeout_s else None
+        wire.waiters.extend((fut, None) for fut in futures[:-1])
+        wire.waiters.append((last, timer))
+        for command in commands:
+            wire.send(hiredis.pack_command(command), loop)
+        try:
+            await last  # replies come in order: the last one answered means all were
+        finally:
+            errors = [f.exception() for f in futures if f.done() and not f.cancelled()]  # all retrieved
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return [fut.result() for fut in futures]
+
     async def evalsha(self, sha: str, script: bytes | str, keys: list, args: list) -> object:
         """Run a Lua script by its SHA, loading it first if this Redis has not seen it (NOSCRIPT)."""
         try:

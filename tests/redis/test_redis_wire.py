@@ -106,3 +106,13 @@ async def test_a_dropped_connection_fails_its_commands_and_heals():
         finally:
             await wire.close()
             await client.aclose()
+
+
+async def test_many_commands_in_one_write_and_an_error_among_them(wire):
+    replies = await wire.execute_many([("RPUSH", "l", i) for i in range(300)])
+    assert replies == list(range(1, 301))
+    await wire.execute("SET", "str", "x")
+    with pytest.raises(ResponseError):
+        await wire.execute_many([("GET", "str"), ("LPUSH", "str", "y"), ("GET", "str")])
+    assert await wire.execute_many([]) == []
+    assert await wire.execute("LLEN", "l") == 300
