@@ -43,9 +43,6 @@ class StoreSettings(BaseModel):
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = Field(default=64, description="Per gateway process; requests queue for one beyond it.")
-    redis_autopipeline: bool = Field(
-        default=True, description="Calls of concurrent requests (epoch reads, limit scripts) share round trips."
-    )
     redis_retry_after_s: float = Field(
         default=1.0, description="After Redis fails, calls fail fast for this long before it is tried again."
     )

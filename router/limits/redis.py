@@ -38,8 +38,8 @@ from router.limits.periods import budget_period
 from router.limits.redis_scripts import CHARGE, RENEW, RESERVE, SETTLE
 from router.limits.reservation import Reservation, actual_tokens, limited, request_cost
 from router.store.base import TenantLimits
-from router.store.redis_batch import AutoPipeline
 from router.store.redis_link import Breaker, StoreUnavailable
+from router.store.redis_wire import PipelinedRedis
 from serving.backends.base import Usage
 
 if TYPE_CHECKING:
@@ -67,10 +67,12 @@ class RedisLimiter(Limiter):
         lease_s: float = 60.0,
         on_store_failure: Literal["open", "closed"] = "open",
         fail_open_share: float = 1.0,
-        batch: AutoPipeline | None = None,
+        wire: PipelinedRedis | None = None,
     ) -> None:
         self._r = client
-        self._batch = batch or AutoPipeline(client)
+        # reserve and settle, once per request, go through the pipelined client (router/store/redis_wire.py)
+        self._wire = wire or PipelinedRedis.like(client)
+        self._own_wire = wire is None
         self.breaker = breaker
         self.prefix = prefix
         self.window_ms = int(window_s * 1000)
@@ -94,7 +96,7 @@ class RedisLimiter(Limiter):
         return cls(
             store.client, store.breaker, prefix=store.prefix, window_s=settings.window_s,
             lease_s=settings.concurrency_lease_s, on_store_failure=settings.on_store_failure,
-            fail_open_share=settings.fail_open_share, batch=store.batch,
+            fail_open_share=settings.fail_open_share, wire=store.wire,
         )
 
     def _keys(self, tenant_id: str, budget_key: str | None) -> list[str]:
@@ -115,6 +117,8 @@ class RedisLimiter(Limiter):
             self._task = None
         with contextlib.suppress(Exception):
             await self._flush_backlog()
+        if self._own_wire:
+            await self._wire.close()
 
     # ---- the request path
     async def reserve(self, ctx: RequestContext) -> None:
@@ -131,7 +135,7 @@ class RedisLimiter(Limiter):
                 int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
         keys = self._keys(ident.tenant_id, budget_key)
         try:
-            raw = await self.breaker.call(lambda: self._batch.script(self._reserve, keys, args))
+            raw = await self.breaker.call(lambda: self._wire.evalsha(self._reserve.sha, self._reserve.script, keys, args))
         except StoreUnavailable:
             await self._reserve_degraded(ctx, lim, cost)
             return
@@ -171,7 +175,7 @@ class RedisLimiter(Limiter):
         keys = self._keys(res.tenant_id, res.budget_key)
         settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
         try:
-            await self.breaker.call(lambda: self._batch.script(self._settle, settle_keys, args))
+            await self.breaker.call(lambda: self._wire.evalsha(self._settle.sha, self._settle.script, settle_keys, args))
         except StoreUnavailable:
             if len(self._unsettled) < _MAX_BACKLOG:
                 self._unsettled.append((settle_keys, args))

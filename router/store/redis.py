@@ -41,9 +41,9 @@ from router.store.base import (
     UsageTotal,
     effective_models,
 )
-from router.store.redis_batch import AutoPipeline
 from router.store.redis_ledger import UsageLedger, day_of
 from router.store.redis_link import REDIS_DOWN, Breaker, StoreUnavailable, make_client
+from router.store.redis_wire import PipelinedRedis
 
 if TYPE_CHECKING:
     from noor.settings import StoreSettings
@@ -85,17 +85,18 @@ class RedisStore(Store):
         ledger_claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,
-        autopipeline: bool = True,
     ) -> None:
         self.client = client
-        self.batch = AutoPipeline(client, enabled=autopipeline)
         self.prefix = prefix
         self.breaker = breaker or Breaker()
         self.auth_invalidation = auth_invalidation
         self.ledger_aggregate = ledger_aggregate
+        # The request path's commands (the epoch GET, the limiter's scripts, usage appends) go through one
+        # pipelined connection rather than redis-py's pool: ~12 us per command instead of ~70 (redis_wire.py).
+        self.wire = PipelinedRedis.like(client)
         self.ledger = UsageLedger(
             client, self.breaker, prefix=prefix, batch=ledger_batch, claim_idle_s=ledger_claim_idle_s,
-            retention_days=retention_days, block_ms=block_ms,
+            retention_days=retention_days, block_ms=block_ms, wire=self.wire,
         )
         self._epoch_key = prefix + "auth:epoch"
         self._channel = prefix + "auth:changed"
@@ -117,7 +118,6 @@ class RedisStore(Store):
             retention_days=options.usage_records_retention_days,
             # a blocking read must end well before the socket timeout would call it a failure
             block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 250))),
-            autopipeline=options.redis_autopipeline,
         )
 
     def _k(self, *parts: str) -> str:
@@ -133,6 +133,7 @@ class RedisStore(Store):
         await self.ledger.stop()
         if self._pubsub is not None:
             await self._pubsub.close()
+        await self.wire.close()
         await self.client.aclose()
 
     async def _mutate(self, pipe: aioredis.client.Pipeline) -> list:
@@ -273,7 +274,7 @@ class RedisStore(Store):
     async def auth_epoch(self) -> object:
         if self._pubsub is not None:
             return await self._pubsub.current()
-        return await self.breaker.call(lambda: self.batch.execute("GET", self._epoch_key))
+        return await self.breaker.call(lambda: self.wire.execute("GET", self._epoch_key))
 
     # ---- usage
     async def add_usage(self, records: list[UsageRecord]) -> None:

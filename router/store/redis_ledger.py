@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from router.store.base import UsageRecord
 from router.store.redis_link import Breaker, StoreUnavailable
+from router.store.redis_wire import PipelinedRedis
 
 log = logging.getLogger("noor.ledger")
 
@@ -65,6 +66,9 @@ return folded
 """
 
 
+_STOP_WAIT_S = 3.0
+
+
 def day_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
 
@@ -86,8 +90,10 @@ class UsageLedger:
         claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,
+        wire: PipelinedRedis | None = None,
     ) -> None:
         self._r = client
+        self._wire = wire  # appends go through the pipelined client when given (router/store/redis_wire.py)
         self._breaker = breaker
         self.prefix = prefix
         self.stream = prefix + "usage:stream"
@@ -108,6 +114,11 @@ class UsageLedger:
     async def append(self, records: list[UsageRecord]) -> None:
         """XADD each record (one pipelined round trip). Raises StoreUnavailable when Redis is away."""
         if not records:
+            return
+
+        if self._wire is not None:  # ~1 us per record to pack, instead of ~20 through redis-py's pipeline
+            wire, commands = self._wire, [(b"XADD", self.stream, b"*", b"r", orjson.dumps(rec)) for rec in records]
+            await self._breaker.call(lambda: wire.execute_many(commands))
             return
 
         async def go() -> None:
@@ -212,11 +223,23 @@ class UsageLedger:
             self._task = asyncio.create_task(self.run(), name="usage-ledger")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the aggregator; never waits more than a few seconds.
+
+        A cancel that lands while redis-py's blocking XREADGROUP is timing out can be swallowed (its
+        timeout context turns it into a timeout), leaving the task blocked in its next read: awaiting
+        the cancelled task then hung the gateway's shutdown (seen in about half of the shutdowns of a
+        benchmark). So it is cancelled again until it ends, and given up on after ``_STOP_WAIT_S``;
+        closing the client afterwards ends its read.
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        deadline = time.monotonic() + _STOP_WAIT_S
+        while not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("usage ledger aggregator ended with %r", task.exception())
 
     async def run(self) -> None:
         """Fold forever; claim from dead consumers now and then; survive Redis outages."""
