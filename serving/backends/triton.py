@@ -63,8 +63,8 @@ EMBED_INPUT, EMBED_OUTPUT, EMBED_TOKENS = "text", "embedding", "num_tokens"
 _GEN_OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
 # Messages that say the request itself is wrong (Triton's stream errors carry no status code).
 _CLIENT_FAULT = re.compile(
-    r"invalid|must be|not allowed|not supported|unexpected|required|expected|longer than|exceeds|too long|"
-    r"out of range|unexpected inference input|unknown (input|parameter)",
+    r"invalid|must be|not allowed|not supported|is required|longer than|exceeds|too long|out of range|"
+    r"unexpected inference input|unknown (input|parameter)|expected .+ but got",
     re.I,
 )
 _UNAVAILABLE = re.compile(r"unknown model|is not found|not ready|unavailable|failed to connect|connection|shut", re.I)
@@ -179,7 +179,17 @@ class _Generation:
         raise NotImplementedError
 
     async def cancel(self) -> None:
+        """Abandon the request: Triton cancels it and the model aborts generation."""
         raise NotImplementedError
+
+    async def finish(self) -> None:
+        """The final response arrived: read the end of the call so its connection is reused."""
+        try:
+            while await asyncio.wait_for(self.next(), 1.0) is not None:
+                pass
+        except Exception:
+            pass
+        await self.cancel()
 
 
 class _GrpcGeneration(_Generation):
@@ -253,6 +263,7 @@ class TritonStream(UpstreamStream):
         self._shaper = shaper
         self._meter = meter
         self._closed = False
+        self._done = False  # the engine sent its final response
 
     @property
     def usage(self) -> Usage | None:
@@ -279,9 +290,11 @@ class TritonStream(UpstreamStream):
                 try:
                     piece = await self._gen.next()
                 except _EngineError as exc:
+                    self._done = True  # the engine ended the request itself
                     raise StreamError(f"engine error mid-stream: {exc.message}", usage=meter.usage(final=True)) from exc
                 if piece is not None:
                     meter.add(piece)
+            self._done = True
             usage = meter.usage(final=True)
             yield StreamChunk(shaper.usage_chunk(usage), usage, usage_only=True)
         finally:
@@ -290,7 +303,10 @@ class TritonStream(UpstreamStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._gen.cancel()
+            if self._done:
+                await self._gen.finish()
+            else:
+                await self._gen.cancel()
 
 
 class TritonBackend(Backend):
@@ -394,7 +410,7 @@ class TritonBackend(Backend):
         await self._ready()
         if self.protocol == "grpc":
             return self._open_grpc(model, call, request_id)
-        return await self._open_http(model, call)
+        return await self._open_http(model, call, request_id)
 
     def _open_grpc(self, model: str, call: GenerateCall, request_id: str) -> _Generation:
         import tritonclient.grpc.aio as grpcclient
@@ -417,8 +433,9 @@ class TritonBackend(Backend):
                 outputs.append(grpcclient.InferRequestedOutput(name))
         return _GrpcGeneration(self._grpc, model, inputs, outputs, request_id, self.timeout_s)
 
-    def _http_payload(self, call: GenerateCall) -> dict:
+    def _http_payload(self, call: GenerateCall, request_id: str) -> dict:
         payload: dict[str, Any] = {
+            "id": request_id,
             "text_input": call.prompt,
             "stream": call.stream,
             "sampling_parameters": call.sampling_json(),
@@ -428,11 +445,11 @@ class TritonBackend(Backend):
             payload.update(return_finish_reason=True, return_num_input_tokens=True, return_num_output_tokens=True)
         return payload
 
-    async def _open_http(self, model: str, call: GenerateCall) -> _Generation:
+    async def _open_http(self, model: str, call: GenerateCall, request_id: str) -> _Generation:
         assert self._session is not None
         try:
             response = await self._session.post(
-                f"{self.url}/v2/models/{model}/generate_stream", data=orjson.dumps(self._http_payload(call))
+                f"{self.url}/v2/models/{model}/generate_stream", data=orjson.dumps(self._http_payload(call, request_id))
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise upstream_error(f"cannot reach Triton at {self.url}: {exc}", 503) from exc
@@ -480,12 +497,13 @@ class TritonBackend(Backend):
         texts: list[str] = []
         finish: str | None = None
         if self.protocol == "http":
-            piece = await self._generate_http(model, call)
+            piece = await self._generate_http(model, call, request.request_id)
             meter.add(piece)
             texts.append(piece.text)
             finish = piece.finish_reason
         else:
             gen = await self._open(model, call, request.request_id)
+            done = False
             try:
                 while (piece := await gen.next()) is not None:
                     meter.add(piece)
@@ -493,20 +511,22 @@ class TritonBackend(Backend):
                     finish = piece.finish_reason or finish
                     if piece.finish_reason or piece.final:
                         break
+                done = True
             except _EngineError as exc:
+                done = True
                 raise upstream_error(exc.message, exc.status) from exc
             finally:
-                await gen.cancel()
+                await (gen.finish() if done else gen.cancel())
         usage = meter.usage(final=True)
         body = OpenAIShaper(request.kind, model, request.request_id).response("".join(texts), finish, usage)
         return UpstreamResponse(200, body, usage)
 
-    async def _generate_http(self, model: str, call: GenerateCall) -> Piece:
+    async def _generate_http(self, model: str, call: GenerateCall, request_id: str) -> Piece:
         await self._ready()
         assert self._session is not None
         try:
             async with self._session.post(
-                f"{self.url}/v2/models/{model}/generate", data=orjson.dumps(self._http_payload(call))
+                f"{self.url}/v2/models/{model}/generate", data=orjson.dumps(self._http_payload(call, request_id))
             ) as response:
                 if response.status != 200:
                     raise await self._http_error(response)
@@ -594,9 +614,16 @@ class TritonBackend(Backend):
             return False
 
     async def health(self) -> bool:
-        """Server ready (``/v2/health/ready``) and every model in ``models`` ready."""
+        """True when this endpoint's models can take requests.
+
+        With ``models`` set: the server is live and each of them is ready. (Triton's server-wide
+        ``/v2/health/ready`` turns false while *any* model loads or unloads, which would take one
+        model's pool down for another's maintenance.) Without: ``/v2/health/ready``.
+        """
         await self._ready()
-        if not await self._http_ok("/v2/health/ready"):
+        if not self.models:
+            return await self._http_ok("/v2/health/ready")
+        if not await self._http_ok("/v2/health/live"):
             return False
         for model in self.models:
             if not await self.model_ready(model):
