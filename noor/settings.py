@@ -164,6 +164,16 @@ class LocalEngineSettings(BaseModel):
     enforce_eager: bool = Field(default=False, description="Skip graph compilation: faster start, slower decode.")
 
 
+class TritonSettings(BaseModel):
+    """Triton endpoints and the local tritonserver (serving/launcher/triton.py)."""
+
+    protocol: Literal["grpc", "http"] = "grpc"
+    runtime_dir: Path | None = Field(
+        default=None,
+        description="venv holding tritonserver and numpy<2 for its Python-backend stub; None = data_dir/triton-runtime.",
+    )
+
+
 class Settings(BaseSettings):
     """The root of Noor's configuration."""
 
@@ -179,10 +189,15 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     local: LocalEngineSettings = LocalEngineSettings()
+    triton: TritonSettings = TritonSettings()
 
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.data_dir / 'noor.db'}"
+
+    @property
+    def triton_runtime_dir(self) -> Path:
+        return self.triton.runtime_dir or self.data_dir / "triton-runtime"
 
     @property
     def models_dir(self) -> Path:
