@@ -50,10 +50,15 @@ def vllm_url(smollm2_dir: Path, tmp_path_factory) -> str:
     )
     server.start()
     try:
-        server.wait_healthy(float(os.environ.get("NOOR_TEST_VLLM_TIMEOUT", "600")))
+        server.wait_healthy(float(os.environ.get("NOOR_TEST_VLLM_TIMEOUT", "900")))
         yield server.url
     finally:
+        pgid = server.process.pgid
         server.stop()
+    # The launcher's contract, checked on the real engine: stopping leaves no process of its group behind.
+    from serving.launcher.process import group_members
+
+    assert pgid is None or group_members(pgid) == []
 
 
 def make_catalog(vllm_url: str, tokenizer: Path, *, dead_url: str) -> Catalog:
