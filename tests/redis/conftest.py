@@ -8,7 +8,6 @@ import redis
 from tests.redis_server import REDIS_BIN, RedisServer
 
 
-
 def pytest_collection_modifyitems(config, items):
     if REDIS_BIN is None:
         skip = pytest.mark.skip(reason="redis-server is not installed (apt-get install redis-server)")
