@@ -101,7 +101,8 @@ def up(
     servers = launch_pool(
         model_dir, names, replicas=replicas or local.replicas, base_port=_free_port("127.0.0.1", local.base_port),
         max_model_len=local.max_model_len, kv_cache_gib=local.kv_cache_gib, max_num_seqs=local.max_num_seqs,
-        log_dir=settings.data_dir / "logs",
+        log_dir=settings.data_dir / "logs", cpu_threads_bind=local.cpu_threads_bind,
+        extra_args=["--enforce-eager"] if local.enforce_eager else [],
     )
     try:
         wait_all_healthy(servers, local.startup_timeout_s, progress=True)
