@@ -5,6 +5,7 @@ request, no model) sits behind the gateway so the gateway's own work dominates. 
 per configuration (uvicorn + uvloop + httptools, as in production), all running side by side:
 
   off       metrics off, tracing none, access log off
+  off2      the same again: the A/A pair shows this machine's noise floor
   metrics   Prometheus metrics only
   traced    metrics + tracing at the default sampling ratio (OTLP/HTTP exporter to a sink in the stub)
   traced100 metrics + tracing with every request sampled
@@ -444,15 +445,15 @@ def _median(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="off,metrics,traced,full", help=f"from {','.join(CONFIGS)}")
+    ap.add_argument("--configs", default="off,off2,metrics,traced,full", help=f"from {','.join(CONFIGS)}")
     ap.add_argument("--tokens", type=int, default=16, help="streamed tokens per request")
     ap.add_argument("--components", type=int, default=20000, help="in-process requests per telemetry part (0: skip)")
     ap.add_argument("--inprocess", type=int, default=40, help="alternating batches per configuration, in process (0: skip)")
     ap.add_argument("--batch", type=int, default=100, help="requests per in-process batch")
-    ap.add_argument("--rounds", type=int, default=3, help="paired rounds with gateway processes (0: skip)")
-    ap.add_argument("--rate", type=float, default=20.0, help="open-loop requests/s, to each gateway")
-    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per round and loop kind")
-    ap.add_argument("--concurrency", type=int, default=8, help="clients per gateway (closed loop, in process)")
+    ap.add_argument("--rounds", type=int, default=4, help="paired rounds with gateway processes (0: skip)")
+    ap.add_argument("--rate", type=float, default=8.0, help="open-loop requests/s, to each gateway")
+    ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per round and loop kind")
+    ap.add_argument("--concurrency", type=int, default=4, help="clients per gateway (closed loop, in process)")
     ap.add_argument("--idle", type=float, default=4.0, help="seconds of idle CPU measured per round, subtracted")
     ap.add_argument("--pin", default=None, help="CPU list for the gateways (taskset), e.g. 0")
     ap.add_argument("--json", type=Path, help="write every figure here")
