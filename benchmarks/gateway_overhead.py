@@ -1,31 +1,32 @@
 """What does the gateway add to a request, on one core? Noor and LiteLLM's proxy, side by side, same run.
 
 A fast stub engine (benchmarks/overhead/stub.py) stands in for vLLM; an open-loop load generator
-(benchmarks/overhead/loadgen.py) offers fixed rates straight at the stub ("direct") and through the
-gateway, one after the other at each rate, so "added" latency = through − direct at the same offered rate.
+(benchmarks/overhead/loadgen.py) offers fixed rates (Poisson arrivals) and sends every arrival both
+straight to the stub ("direct") and through the gateway, at the same instant, so a stall of this shared
+machine lands on both, and "added" latency = through − direct at the same offered rate (``--no-paired``:
+one run after the other). The direct columns show the load generator holds the rate (achieved ≈ offered,
+and how late it sent: ``lag``).
 
 Pinning (``taskset -c``): the gateway runs as ONE worker on ``--gateway-cores`` (default core 1); the
-stub, the load generator (and Redis, when started here) share ``--load-cores`` (default core 0). The
-load generator is measured against the stub alone first at every rate — the "direct" columns — which
-shows it holds the rate (achieved ≈ offered, and how late it sent: ``lag``).
+stub, the load generator and Redis (``--redis``) share ``--load-cores`` (default core 0).
 
 Reported:
 1. Non-streaming table: offered rate, achieved, errors, p50/p90/p99 direct and through, added p50/p99,
-   gateway CPU share; then a search for the maximum sustainable rate (p99 added < 10 ms, errors < 0.1 %).
+   the gateway's CPU share and CPU per request; then two searches for the maximum rate: strict (p99
+   added < 10 ms, errors < 0.1 %) and capacity (p99 added < 100 ms, errors < 1 %).
 2. Streaming (64 chunks): added time to first chunk and added per-chunk transit at 16 concurrent
    streams; 1,000 concurrent open streams on one worker.
-3. The same for LiteLLM's proxy (installed into its own venv on first use), one worker, same core.
-4. Worker scaling: N workers (on the cores given) against one.
+3. The same for LiteLLM's proxy (installed into its own venv on first use), one worker, same core;
+   ``--mini`` adds a minimal raw-ASGI + aiohttp proxy, the floor for any Python gateway.
+4. Worker scaling (``--workers-scaling N``): N workers on ``--scaling-cores`` against one.
 
-    python benchmarks/gateway_overhead.py                         # Noor + LiteLLM, SQLite store
-    python benchmarks/gateway_overhead.py --redis                 # own redis-server; limits with Redis
-    python benchmarks/gateway_overhead.py --only noor --no-streams --rates 1000 --no-search
-    python benchmarks/gateway_overhead.py --workers-scaling 2 --scaling-cores 0,1
+    python benchmarks/gateway_overhead.py --redis --rt 1 --mini --workers-scaling 2 --json out.json
+    python benchmarks/gateway_overhead.py --only noor --no-streams --hold 0 --rates 1000 --no-search
 
 Other work on the machine shares these cores: compare numbers within one run only. ``--nice -20``
 raises the benchmark's processes (their sessions' autogroups too, see overhead/procs.py) above other
-work, which cuts that noise; ``--rt 1`` runs them under SCHED_FIFO instead, so a woken process runs at
-once (on this VM a wake-up otherwise waited milliseconds). Both need root or CAP_SYS_NICE.
+work; ``--rt 1`` runs them under SCHED_FIFO instead, so a woken process runs at once (on this VM a
+wake-up otherwise waited milliseconds). Both need root or CAP_SYS_NICE.
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ def machine() -> dict:
 
 
 def run_target(bench: Bench, name: str, make: callable, rates: list[float], search_from: float, floor: float,
-               gateway_cores: str, streams: bool, hold: int) -> dict:
+               gateway_cores: str, streams: bool, hold: int, criteria: str | None = None) -> dict:
     target = make()
     bench.measured.clear()  # rates measured are reused within one target's run only
     print(f"\n## {name} (gateway on cores {gateway_cores}, load on {bench.args.load_cores})\n\n{TABLE_HEAD}", flush=True)
@@ -288,7 +289,7 @@ def run_target(bench: Bench, name: str, make: callable, rates: list[float], sear
         if bench.args.profile and target.name == "noor":
             bench.profile(target, proc, bench.args.profile_rate, bench.args.profile)
         result: dict = {"cmd": target.cmd, "table": bench.table(target, proc, rates)}
-        for criterion in bench.args.criteria.split(",") if bench.args.search else []:
+        for criterion in (criteria or bench.args.criteria).split(",") if bench.args.search else []:
             added, errors = CRITERIA[criterion]
             print(f"\nmax rate search, {criterion}: p99 added < {added:g} ms, errors < {errors:.1%}", flush=True)
             found = bench.search(target, proc, search_from, floor, criterion)
@@ -387,10 +388,12 @@ def main() -> None:
             )
         if args.workers_scaling > 1:
             n = args.workers_scaling
-            one = report.get("noor", {}).get("search", {}).get("strict", {}).get("max") or max(rates)
-            print(f"\n## worker scaling: {n} workers on cores {args.scaling_cores}", flush=True)
-            report["scaling"] = run_target(bench, f"Noor ×{n}", lambda: make_noor(n, servers[0]), [], one, 100,
-                                           args.scaling_cores, False, 0)
+            one = _max(report.get("noor"), "capacity") or max(rates)
+            print(f"\n## worker scaling: {n} workers on cores {args.scaling_cores} (one worker's capacity: {one})",
+                  flush=True)
+            # At one worker's capacity first (CPU per request, all workers together), then their own capacity.
+            report["scaling"] = run_target(bench, f"Noor ×{n}", lambda: make_noor(n, servers[0]), [one], one, 100,
+                                           args.scaling_cores, False, 0, criteria="capacity")
             report["scaling"]["workers"] = n
         report["machine"]["loadavg_end"] = os.getloadavg()
         summarize(report)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from models.catalog import Catalog
 from router.admission import Admission
-from router.auth import Authenticator
+from router.auth import Authenticator, StaleIdentity
 from router.context import RequestContext
 from router.errors import OpenAIError, no_capacity
 from router.limits import Limiter
@@ -71,18 +71,11 @@ class Pipeline:
         self, ctx: RequestContext, raw_body: bytes, authorization: str | None, send: Send,
         disconnected: Callable[[], Awaitable[None]],
     ) -> None:
-        identity = await self.auth.authenticate(authorization)
-        ctx.identity = identity
-        ctx.authed_at = time.perf_counter()
-        ctx.body = parse_json(raw_body)
-        validate(ctx, identity, self.catalog, self.count_prompt, body_bytes=len(raw_body))
-        assert ctx.model is not None
-        ctx.validated_at = time.perf_counter()
-        pool = self.pools.get(ctx.model.pool)
-        if pool is None:
-            raise no_capacity(f"The pool serving `{ctx.model.name}` is not configured.")
-
-        await self.limiter.reserve(ctx)
+        try:
+            pool = await self._admit(ctx, raw_body, authorization, early=True)
+        except StaleIdentity:  # tenants or keys changed while it went ahead on a cached identity
+            ctx.headers.clear()
+            pool = await self._admit(ctx, raw_body, authorization, early=False)
         ctx.reserved_at = time.perf_counter()
         endpoint: Endpoint | None = None
         stream: UpstreamStream | None = None
@@ -115,6 +108,40 @@ class Pipeline:
             if ctx.endpoint is not None:
                 self.admission.release(ctx, ctx.endpoint)
             await self._finish(ctx)
+
+    async def _admit(self, ctx: RequestContext, raw_body: bytes, authorization: str | None, *, early: bool) -> Pool:
+        """Authenticate, validate and reserve limits; the pool to serve from.
+
+        ``early``: a cached key goes ahead while its auth epoch is read, so that read shares the
+        limiter's round trip; it is checked before returning, and before any refusal (an auth failure
+        outranks every other error, as when authentication runs first).
+        """
+        if early:
+            identity, confirm = await self.auth.authenticate_early(authorization)
+        else:
+            identity, confirm = await self.auth.authenticate(authorization), None
+        ctx.identity = identity
+        ctx.authed_at = time.perf_counter()
+        try:
+            ctx.body = parse_json(raw_body)
+            validate(ctx, identity, self.catalog, self.count_prompt, body_bytes=len(raw_body))
+            assert ctx.model is not None
+            ctx.validated_at = time.perf_counter()
+            pool = self.pools.get(ctx.model.pool)
+            if pool is None:
+                raise no_capacity(f"The pool serving `{ctx.model.name}` is not configured.")
+            await self.limiter.reserve(ctx)
+        except BaseException:
+            if confirm is not None:
+                await confirm()
+            raise
+        if confirm is not None:
+            try:
+                await confirm()
+            except BaseException:
+                await self.limiter.settle(ctx, None)  # give the reservation back
+                raise
+        return pool
 
     async def _open(self, ctx: RequestContext, pool: Pool) -> tuple[Endpoint, UpstreamResponse | UpstreamStream]:
         """Admit onto an endpoint and open the engine request, retrying elsewhere on retryable failures."""

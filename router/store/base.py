@@ -128,6 +128,9 @@ def effective_models(tenant: Tenant, key: ApiKey) -> frozenset[str]:
 
 
 class Store(abc.ABC):
+    #: True when ``auth_epoch`` is a round trip to a server (the auth cache then overlaps it with others).
+    auth_epoch_is_remote: bool = False
+
     # tenants
     @abc.abstractmethod
     async def create_tenant(

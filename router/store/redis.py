@@ -102,6 +102,7 @@ class RedisStore(Store):
         self._channel = prefix + "auth:changed"
         self._resolve = client.register_script(_RESOLVE)
         self._pubsub = _PubSubEpoch(client, self._channel, self.breaker) if auth_invalidation == "pubsub" else None
+        self.auth_epoch_is_remote = self._pubsub is None  # version: a GET per request
 
     @classmethod
     def from_url(cls, url: str, options: StoreSettings | None = None) -> RedisStore:
