@@ -64,9 +64,9 @@ def test_easy_slo_passes_and_counts_match_the_ledger(gateway, vllm_url, tmp_path
     assert "Target 2 requests/s: PASS" in proc.stdout
     result = json.loads((out / "signoff.json").read_text())
     assert result["max_rate"] == 2 and result["target_passed"] and [s["verdict"]["passed"] for s in result["steps"]] == [True, True]
-    # On a loaded CPU a short step's tokens may all arrive in its drain, after the measured window.
+    # On a loaded CPU a short step's tokens may all arrive in its drain, after the measured window, so
+    # the served rate may be 0 here; the tokens themselves are checked against the ledger below.
     assert result["max_output_tokens_per_s"] is not None
-    assert sum(s["served_tokens_per_s"] or 0 for s in result["steps"]) > 0
 
     # the load generator's own records…
     records = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
