@@ -67,6 +67,8 @@ class Gateway:
         )
         if self.telemetry.metrics is not None:
             self.meter.observers.append(self.telemetry.metrics.observe_usage)
+            for collector in getattr(self.limiter, "collectors", ()):
+                self.telemetry.register(collector)
         self._metrics_server: object = None
         self.pipeline = Pipeline(
             catalog=catalog, pools=self.pools, auth=self.auth, limiter=self.limiter, admission=self.admission,

@@ -57,6 +57,9 @@ _MAX_BACKLOG = 100_000
 
 
 class RedisLimiter(Limiter):
+    #: Exported on the gateway's /metrics (they live in prometheus-client's default registry too).
+    collectors = (FALLBACKS, REFUSED_UNAVAILABLE, DEGRADED)
+
     def __init__(
         self,
         client: aioredis.Redis,
