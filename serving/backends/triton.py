@@ -53,6 +53,7 @@ from serving.backends.triton_protocol import (
     embeddings_response,
     error_body,
     generate_call,
+    infer_finish_reason,
     openai_finish_reason,
 )
 
@@ -257,8 +258,11 @@ class _HttpGeneration(_Generation):
 class TritonStream(UpstreamStream):
     """OpenAI chunks from one Triton generation; ``aclose`` cancels the Triton request."""
 
-    def __init__(self, gen: _Generation, first: Piece, shaper: OpenAIShaper, meter: UsageMeter) -> None:
+    def __init__(
+        self, gen: _Generation, first: Piece, shaper: OpenAIShaper, meter: UsageMeter, max_tokens: int | None = None
+    ) -> None:
         self._gen = gen
+        self._max_tokens = max_tokens
         self._first = first
         self._shaper = shaper
         self._meter = meter
@@ -281,10 +285,12 @@ class TritonStream(UpstreamStream):
             if shaper.kind == "chat":
                 usage = meter.usage()
                 yield StreamChunk(shaper.role_chunk(usage), usage)
+            finish_sent = False
             while piece is not None:
                 usage = meter.usage()
                 if piece.text or piece.finish_reason:
                     yield StreamChunk(shaper.content_chunk(piece.text, piece.finish_reason, usage), usage)
+                    finish_sent = piece.finish_reason is not None
                 if piece.finish_reason or piece.final:
                     break
                 try:
@@ -296,6 +302,9 @@ class TritonStream(UpstreamStream):
                     meter.add(piece)
             self._done = True
             usage = meter.usage(final=True)
+            if not finish_sent:  # an engine that reports no finish reason
+                reason = infer_finish_reason(None, usage.completion_tokens if usage else 0, self._max_tokens)
+                yield StreamChunk(shaper.content_chunk("", reason, usage), usage)
             yield StreamChunk(shaper.usage_chunk(usage), usage, usage_only=True)
         finally:
             await self.aclose()
@@ -486,7 +495,8 @@ class TritonBackend(Backend):
         if first is None:
             raise upstream_error("Triton closed the stream without a response", 502)
         shaper = OpenAIShaper(request.kind, model, request.request_id)
-        return TritonStream(gen, first, shaper, UsageMeter(call.prompt, self.count_tokens))
+        meter = UsageMeter(call.prompt, self.count_tokens)
+        return TritonStream(gen, first, shaper, meter, call.sampling.get("max_tokens"))
 
     async def complete(self, request: UpstreamRequest) -> UpstreamResponse:
         if request.kind == "embedding":
@@ -518,6 +528,7 @@ class TritonBackend(Backend):
             finally:
                 await (gen.finish() if done else gen.cancel())
         usage = meter.usage(final=True)
+        finish = infer_finish_reason(finish, usage.completion_tokens if usage else 0, call.sampling.get("max_tokens"))
         body = OpenAIShaper(request.kind, model, request.request_id).response("".join(texts), finish, usage)
         return UpstreamResponse(200, body, usage)
 

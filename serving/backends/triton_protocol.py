@@ -134,6 +134,13 @@ def openai_finish_reason(raw: str | None) -> str | None:
     return raw
 
 
+def infer_finish_reason(reported: str | None, completion_tokens: int, max_tokens: int | None) -> str:
+    """The finish reason, inferred when the engine reports none (vLLM backends before r24.12)."""
+    if reported:
+        return reported
+    return "length" if max_tokens is not None and completion_tokens >= max_tokens else "stop"
+
+
 @dataclass(slots=True)
 class Piece:
     """What one Triton response carried."""

@@ -219,13 +219,16 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 _signal_group(pgid, signal.SIGKILL)
                 code = proc.wait(timeout=10)
-            for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                deadline = time.monotonic() + wait_s
+            # The stubs and vLLM's engine processes notice their parent's exit on their own; give them
+            # a moment, then terminate and finally kill what is left.
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    _signal_group(pgid, sig)
+                deadline = time.monotonic() + 10.0
                 while _group_alive(pgid) and time.monotonic() < deadline:
                     time.sleep(0.1)
                 if not _group_alive(pgid):
                     break
-                _signal_group(pgid, sig)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

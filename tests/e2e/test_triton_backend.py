@@ -206,18 +206,33 @@ async def test_completions_with_stop_sequence(backend: TritonBackend):
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
 
 
-async def test_completion_usage_when_the_engine_reports_none(triton: TritonServer):
-    """Against a model without token-count outputs, usage comes from the supplied tokenizer."""
-    b = _backend(triton, "grpc", additional_outputs=False, count_tokens=lambda s: len(s.split()))
-    try:
-        body = {"model": "smollm2", "prompt": "Hello there", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
-        response = await b.complete(_req("completion", body))
-        text = orjson.loads(response.body)["choices"][0]["text"]
-        assert response.usage is not None and response.usage.source == "tokenizer"
-        assert response.usage.prompt_tokens == 2
-        assert response.usage.completion_tokens == len(text.split())
-    finally:
-        await b.close()
+async def test_completion_usage_when_the_engine_reports_none(triton: TritonServer, tokenizer):
+    """Without the return_* outputs (vLLM backends before r24.12), usage comes from our tokenizer and
+    the finish reason is inferred."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for stream in (False, True):
+        b = _backend(triton, "grpc", additional_outputs=False, count_tokens=count)
+        try:
+            body = {"model": "smollm2", "prompt": "Hello there", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+            if stream:
+                chunks = [c async for c in await b.stream(_req("completion", body, stream=True))]
+                data = [orjson.loads(c.data) for c in chunks]
+                text = "".join(d["choices"][0]["text"] for d in data if d["choices"])
+                finish = data[-2]["choices"][0]["finish_reason"]
+                usage = chunks[-1].usage
+            else:
+                response = await b.complete(_req("completion", body))
+                choice = orjson.loads(response.body)["choices"][0]
+                text, finish, usage = choice["text"], choice["finish_reason"], response.usage
+            assert usage is not None and usage.source == "tokenizer"
+            assert usage.prompt_tokens == count("Hello there")
+            assert usage.completion_tokens == count(text)
+            assert finish == ("length" if usage.completion_tokens >= 5 else "stop")
+        finally:
+            await b.close()
 
 
 async def test_bad_sampling_is_a_400(backend: TritonBackend):

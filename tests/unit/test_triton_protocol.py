@@ -19,6 +19,7 @@ from serving.backends.triton_protocol import (
     embedding_inputs,
     embeddings_response,
     generate_call,
+    infer_finish_reason,
     openai_finish_reason,
     sampling_parameters,
 )
@@ -76,6 +77,13 @@ def test_finish_reason_none_string_means_unfinished():
     assert openai_finish_reason("None") is None
     assert openai_finish_reason("stop") == "stop"
     assert openai_finish_reason("length") == "length"
+
+
+def test_finish_reason_inferred_when_not_reported():
+    assert infer_finish_reason("stop", 10, 10) == "stop"
+    assert infer_finish_reason(None, 10, 10) == "length"
+    assert infer_finish_reason(None, 3, 10) == "stop"
+    assert infer_finish_reason(None, 3, None) == "stop"
 
 
 def test_usage_meter_prefers_engine_counts():
