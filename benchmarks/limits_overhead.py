@@ -63,13 +63,13 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-def start_gateway(data: Path, redis_url: str, stub_url: str, auth: str) -> tuple[subprocess.Popen, str]:
+def start_gateway(data: Path, redis_url: str, stub_url: str, auth: str, **extra: str) -> tuple[subprocess.Popen, str]:
     data.mkdir(parents=True, exist_ok=True)
     catalog = data / "catalog.toml"
     catalog.write_text(f'[pools.stub]\nengine = "vllm"\nendpoints = ["{stub_url}"]\n\n[models.{MODEL}]\npool = "stub"\n')
     port = free_port()
     env = {"NOOR_CATALOG_PATH": str(catalog), "NOOR_DATA_DIR": str(data), "NOOR_STORE__URL": redis_url,
-           "NOOR_STORE__AUTH_INVALIDATION": auth}
+           "NOOR_STORE__AUTH_INVALIDATION": auth, **{"NOOR_" + k: v for k, v in extra.items()}}
     proc = spawn([sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
                   "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
                   "--no-access-log"], env)
@@ -101,12 +101,16 @@ async def load(url: str, key: str, rate: float, seconds: float) -> tuple[list[fl
         async def one() -> None:
             nonlocal errors
             t = time.perf_counter()
-            async with session.post(url + "/v1/chat/completions", json=BODY, headers=headers) as r:
-                await r.read()
-                if r.status == 200:
-                    latencies.append((time.perf_counter() - t) * 1000)
-                else:
-                    errors += 1
+            try:
+                async with session.post(url + "/v1/chat/completions", json=BODY, headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                latencies.append((time.perf_counter() - t) * 1000)
+            else:
+                errors += 1
 
         for _ in range(20):  # warm the connection pool
             await one()
@@ -137,6 +141,20 @@ async def sequential(url: str, key: str, n: int) -> list[float]:
     return out
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: robust to other load on the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(url: str) -> float:
+    import redis as redis_sync
+
+    with redis_sync.Redis.from_url(url) as r:
+        info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -163,19 +181,28 @@ async def round_trips(redis_url: str, n: int = 3000) -> dict[str, float]:
     try:
         for _ in range(200):
             await store.auth_epoch()
-        t = time.perf_counter()
+        await store.client.config_resetstat()
+        t, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             await store.auth_epoch()
-        out["GET auth epoch (us)"] = (time.perf_counter() - t) / n * 1e6
+        out["GET auth epoch: wall us"] = (time.perf_counter() - t) / n * 1e6
+        out["GET auth epoch: client CPU us"] = (time.process_time() - cpu) / n * 1e6
         cs = [ctx(i) for i in range(n)]
-        t = time.perf_counter()
+        await limiter.reserve(ctx(-1))  # loads the script
+        await store.client.config_resetstat()
+        t, cpu = time.perf_counter(), time.process_time()
         for c in cs:
             await limiter.reserve(c)
-        out["reserve script (us)"] = (time.perf_counter() - t) / n * 1e6
-        t = time.perf_counter()
+        out["reserve (4 buckets): wall us"] = (time.perf_counter() - t) / n * 1e6
+        out["reserve (4 buckets): client CPU us"] = (time.process_time() - cpu) / n * 1e6
+        out["reserve (4 buckets): Redis us"] = (await store.client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"]
+        await store.client.config_resetstat()
+        t, cpu = time.perf_counter(), time.process_time()
         for c in cs:
             await limiter.settle(c, Usage(10, 8))
-        out["settle script (us)"] = (time.perf_counter() - t) / n * 1e6
+        out["settle: wall us"] = (time.perf_counter() - t) / n * 1e6
+        out["settle: client CPU us"] = (time.process_time() - cpu) / n * 1e6
+        out["settle: Redis us"] = (await store.client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"]
         sem = asyncio.Semaphore(64)
 
         async def pair(i: int) -> None:
@@ -238,39 +265,52 @@ def main() -> None:
             appended, folded = asyncio.run(ledger_throughput(redis.url, args.ledger_records))
             print(f"{'appended (XADD, batches of 500)':>36}: {appended:,.0f} records/s")
             print(f"{'folded (group read + fold + ack)':>36}: {folded:,.0f} records/s")
-            gateways = {}
+            gateways: dict[str, str] = {}
+            pids: dict[str, int] = {}
             for mode in args.auth.split(","):
                 proc, url = start_gateway(data / mode, redis.url, stub_url, mode)
                 procs.append(proc)
                 gateways[mode] = url
+                pids[mode] = proc.pid
             probe = httpx.post(next(iter(gateways.values())) + "/v1/chat/completions", json=BODY,
                                headers={"Authorization": f"Bearer {keys['limited']}"})
             assert probe.status_code == 200 and "x-ratelimit-limit-tokens" in probe.headers, probe.text
 
-            print("\n## Round trips from one asyncio client (redis-py, sequential)")
+            print("\n## Round trips from one asyncio client (redis-py, sequential; Redis us = server-side time)")
             for name, value in asyncio.run(round_trips(redis.url)).items():
-                print(f"{name:>36}: {value:,.0f}")
+                print(f"{name:>36}: {value:,.1f}")
 
-            print("\n## One request at a time (no queueing): median ms over 400 requests, interleaved")
+            print("\n## One request at a time (no queueing), 400 requests per cell, interleaved")
+            print(f"{'auth':>8} {'tenant':>10} {'median ms':>10} {'gateway CPU ms/req':>19} {'Redis CPU us/req':>17}")
             for mode, url in gateways.items():
                 seq: dict[str, list[float]] = {"unlimited": [], "limited": []}
+                cpu = {"unlimited": [0.0, 0.0], "limited": [0.0, 0.0]}
                 for i in range(4):
                     for who in (["unlimited", "limited"] if i % 2 == 0 else ["limited", "unlimited"]):
+                        g0, r0 = proc_cpu(pids[mode]), redis_cpu(redis.url)
                         seq[who] += asyncio.run(sequential(url, keys[who], 100))
-                a, b = statistics.median(seq["unlimited"]), statistics.median(seq["limited"])
-                print(f"{mode:>8}: unlimited {a:.3f}  limited {b:.3f}  added {b - a:+.3f}", flush=True)
+                        cpu[who][0] += proc_cpu(pids[mode]) - g0
+                        cpu[who][1] += redis_cpu(redis.url) - r0
+                for who in ("unlimited", "limited"):
+                    n = len(seq[who])
+                    print(f"{mode:>8} {who:>10} {statistics.median(seq[who]):>10.3f} {cpu[who][0] / n * 1e3:>19.3f} "
+                          f"{cpu[who][1] / n * 1e6:>17.1f}", flush=True)
 
             print("\n## Added latency of the limit check (limited - unlimited tenant), ms, same gateway and rate")
             print(f"{'auth':>8} {'req/s':>6} {'achieved':>9} {'p50 none':>9} {'p50 lim':>8} {'+p50':>6} "
-                  f"{'p90 none':>9} {'p90 lim':>8} {'+p90':>6} {'p99 none':>9} {'p99 lim':>8} {'+p99':>6} {'errors':>6}")
+                  f"{'p90 none':>9} {'p90 lim':>8} {'+p90':>6} {'p99 none':>9} {'p99 lim':>8} {'+p99':>6} {'errors':>6}"
+                  f" {'CPU none':>9} {'CPU lim':>8}  (gateway CPU ms per request)")
             for mode, url in gateways.items():
                 for rate in (float(r) for r in args.rates.split(",")):
                     lat: dict[str, list[float]] = {"unlimited": [], "limited": []}
                     achieved, errors = [], 0
+                    cpu = {"unlimited": 0.0, "limited": 0.0}
                     for i in range(args.rounds):
                         order = ["unlimited", "limited"] if i % 2 == 0 else ["limited", "unlimited"]
                         for who in order:
+                            g0 = proc_cpu(pids[mode])
                             xs, got, errs = asyncio.run(load(url, keys[who], rate, args.seconds))
+                            cpu[who] += proc_cpu(pids[mode]) - g0
                             lat[who] += xs
                             achieved.append(got)
                             errors += errs
@@ -278,15 +318,21 @@ def main() -> None:
                     for q in (0.5, 0.9, 0.99):
                         a, b = pct(lat["unlimited"], q), pct(lat["limited"], q)
                         row += [f"{a:>9.2f}", f"{b:>8.2f}", f"{b - a:>+6.2f}"]
-                    print(f"{mode:>8} {rate:>6.0f} {statistics.mean(achieved):>9.0f} " + " ".join(row) + f" {errors:>6}",
-                          flush=True)
+                    n = rate * args.seconds * args.rounds
+                    cpu_row = f" {cpu['unlimited'] / n * 1e3:>9.3f} {cpu['limited'] / n * 1e3:>8.3f}"
+                    print(f"{mode:>8} {rate:>6.0f} {statistics.mean(achieved):>9.0f} " + " ".join(row) + f" {errors:>6}"
+                          + cpu_row, flush=True)
 
             print(f"\nload average after: {os.getloadavg()[0]:.1f}")
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
-                p.wait(10)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
 
 
 if __name__ == "__main__":

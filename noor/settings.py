@@ -43,6 +43,11 @@ class StoreSettings(BaseModel):
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = Field(default=64, description="Per gateway process; requests queue for one beyond it.")
+    redis_autopipeline: bool = Field(
+        default=True, description="The request path's Redis commands (epoch reads, limit scripts, usage appends) go "
+        "through one pipelined hiredis connection, commands of concurrent requests sharing writes (false: redis-py, "
+        "one round trip each)."
+    )
     redis_retry_after_s: float = Field(
         default=1.0, description="After Redis fails, calls fail fast for this long before it is tried again."
     )
@@ -85,8 +90,10 @@ class EngineSettings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
     health_interval_s: float = 2.0
-    health_timeout_s: float = 2.0
-    unhealthy_after_failures: int = 2
+    # A CPU-bound engine answers /health slowly under load; a short timeout would take a busy (not dead)
+    # engine out of rotation and turn load into 503s. Requests that fail to connect still count at once.
+    health_timeout_s: float = 5.0
+    unhealthy_after_failures: int = 3
     metrics_interval_s: float = 1.0
     max_retries: int = 2
 
@@ -119,7 +126,13 @@ class LocalEngineSettings(BaseModel):
     kv_cache_gib: int = 2
     max_model_len: int = 2048
     max_num_seqs: int = 64
-    startup_timeout_s: float = 600.0
+    startup_timeout_s: float = 900.0
+    cpu_threads_bind: str | None = Field(
+        default="nobind",
+        description="VLLM_CPU_OMP_THREADS_BIND on CPU hosts. vLLM's default pins its worker to one core, which "
+        "starves it on small machines; None keeps vLLM's default (right on a dedicated many-core host).",
+    )
+    enforce_eager: bool = Field(default=False, description="Skip graph compilation: faster start, slower decode.")
 
 
 class Settings(BaseSettings):

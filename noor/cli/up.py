@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -65,14 +66,21 @@ def _serve(settings: Settings, catalog: Catalog) -> None:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up(
     port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     replicas: Annotated[int | None, typer.Option(help="vLLM replicas (one per GPU on GPU hosts).")] = None,
 ) -> None:
     """Prepare the bundled model, start a local vLLM pool and the gateway, print a demo key. Ctrl-C stops all."""
     from models.prepare import prepare_smollm2
-    from serving.launcher.vllm import launch_pool
+    from serving.launcher.vllm import launch_pool, stop_all, wait_all_healthy
 
+    # SIGTERM (systemd, `timeout`, CI) must stop the engines too, not only Ctrl-C: without this the
+    # default handler would kill us before the `finally` below and leave vLLM running.
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = Settings()
     if port is not None:
         settings.server.port = port
@@ -91,11 +99,11 @@ def up(
     servers = launch_pool(
         model_dir, names, replicas=replicas or local.replicas, base_port=_free_port("127.0.0.1", local.base_port),
         max_model_len=local.max_model_len, kv_cache_gib=local.kv_cache_gib, max_num_seqs=local.max_num_seqs,
-        log_dir=settings.data_dir / "logs",
+        log_dir=settings.data_dir / "logs", cpu_threads_bind=local.cpu_threads_bind,
+        extra_args=["--enforce-eager"] if local.enforce_eager else [],
     )
     try:
-        for server in servers:
-            server.wait_healthy(local.startup_timeout_s, progress=True)
+        wait_all_healthy(servers, local.startup_timeout_s, progress=True)
         pool.endpoints = [s.url for s in servers]
         tenant_id, key = asyncio.run(_demo_key(settings, ["*"]))
         base = f"http://{settings.server.host}:{settings.server.port}"
@@ -116,8 +124,7 @@ def up(
         _serve(settings, catalog)
     finally:
         console.print("stopping engines…")
-        for server in servers:
-            server.stop()
+        stop_all(servers)
 
 
 def serve(

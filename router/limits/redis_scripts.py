@@ -6,7 +6,8 @@ agree. Key layout per tenant T (hash-tagged, so a Redis Cluster keeps them in on
 ``rl:{T}:rpm`` zset of request ids by start ms; ``rl:{T}:tpm`` the same for tokens, with
 ``rl:{T}:tpm:amt`` (request id -> tokens, and ``_sum``); ``rl:{T}:conc`` zset of request ids by lease
 expiry ms; ``rl:{T}:budget:{period}`` counter; ``rl:{T}:open`` request id -> tokens charged to the
-budget, so settling twice (a retry after a lost reply) corrects the budget once.
+budget, so settling twice (a retry after a lost reply) corrects the budget once. Reserving twice is
+harmless too: a request id already in a bucket is not charged again.
 """
 
 RESERVE = """
@@ -20,6 +21,13 @@ local rpm, tpm, conc, bud = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[
 local window, lease = tonumber(ARGV[7]), tonumber(ARGV[8])
 local horizon = now - window
 local reason, retry = '', 0
+
+-- The same request again (a client retry re-sent a script whose reply was lost): charged already.
+if (rpm > 0 and redis.call('ZSCORE', KEYS[1], rid)) or (tpm > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1)
+    or (conc > 0 and redis.call('ZSCORE', KEYS[4], rid)) or (bud > 0 and redis.call('HEXISTS', KEYS[6], rid) == 1) then
+  return {1, '', 0, redis.call('ZCARD', KEYS[1]), window, tonumber(redis.call('HGET', KEYS[3], '_sum') or '0'), window,
+          redis.call('ZCARD', KEYS[4]), tonumber(redis.call('GET', KEYS[5]) or '0')}
+end
 
 local function deny(r, ms)
   if r == 'request_too_large' or (reason ~= 'request_too_large' and (reason == '' or ms >= retry)) then

@@ -85,6 +85,7 @@ class RedisStore(Store):
         ledger_claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,
+        autopipeline: bool = True,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -93,7 +94,8 @@ class RedisStore(Store):
         self.ledger_aggregate = ledger_aggregate
         # The request path's commands (the epoch GET, the limiter's scripts, usage appends) go through one
         # pipelined connection rather than redis-py's pool: ~12 us per command instead of ~70 (redis_wire.py).
-        self.wire = PipelinedRedis.like(client)
+        # autopipeline=False keeps them on redis-py, one round trip each.
+        self.wire = PipelinedRedis.like(client) if autopipeline else None
         self.ledger = UsageLedger(
             client, self.breaker, prefix=prefix, batch=ledger_batch, claim_idle_s=ledger_claim_idle_s,
             retention_days=retention_days, block_ms=block_ms, wire=self.wire,
@@ -119,6 +121,7 @@ class RedisStore(Store):
             retention_days=options.usage_records_retention_days,
             # a blocking read must end well before the socket timeout would call it a failure
             block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 250))),
+            autopipeline=options.redis_autopipeline,
         )
 
     def _k(self, *parts: str) -> str:
@@ -134,7 +137,8 @@ class RedisStore(Store):
         await self.ledger.stop()
         if self._pubsub is not None:
             await self._pubsub.close()
-        await self.wire.close()
+        if self.wire is not None:
+            await self.wire.close()
         await self.client.aclose()
 
     async def _mutate(self, pipe: aioredis.client.Pipeline) -> list:
@@ -275,6 +279,8 @@ class RedisStore(Store):
     async def auth_epoch(self) -> object:
         if self._pubsub is not None:
             return await self._pubsub.current()
+        if self.wire is None:
+            return await self.breaker.call(lambda: self.client.get(self._epoch_key))
         return await self.breaker.call(lambda: self.wire.execute("GET", self._epoch_key))
 
     # ---- usage

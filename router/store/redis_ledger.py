@@ -107,6 +107,7 @@ class UsageLedger:
         self._bg_breaker = Breaker(breaker.retry_after_s)
         self._fold = client.register_script(_FOLD)
         self._group_ready = False
+        self._own_pending = True  # fold what this consumer read but did not fold, before reading on
         self._task: asyncio.Task | None = None
         self.folded = 0  # records folded by this consumer (for tests and metrics)
 
@@ -147,7 +148,10 @@ class UsageLedger:
             return 0
         args: list = [GROUP, self.prefix, self.retention_s]
         for entry_id, fields in entries:
-            raw = (fields or {}).get(b"r")
+            if not fields:  # deleted while pending: nothing to fold, only to acknowledge
+                args += [entry_id, "", "", "", "", 0, 0, 0, ""]
+                continue
+            raw = fields.get(b"r")
             try:
                 rec = orjson.loads(raw)
                 ts = float(rec["ts"])
@@ -162,18 +166,26 @@ class UsageLedger:
         return n
 
     async def _read(self, block_ms: int | None) -> int:
-        """Read and fold one batch of new entries; returns how many entries were read."""
+        """Read and fold one batch; returns how many entries were read.
+
+        After a failure this consumer may hold entries it read but never folded (Redis went away between
+        the read and the fold): it folds those first (id ``0`` reads its own pending entries), then new
+        ones (``>``). Without this they would wait ``claim_idle_s`` for a claim.
+        """
+        own = self._own_pending
         try:
-            resp = await self._r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms)
+            resp = await self._r.xreadgroup(GROUP, self.consumer, {self.stream: "0" if own else ">"}, count=self.batch,
+                                            block=None if own else block_ms)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis restarted empty, or the stream was deleted
                 self._group_ready = False
                 await self._ensure_group()
                 return 0
             raise
-        if not resp:
-            return 0
-        entries = resp[0][1]
+        entries = resp[0][1] if resp else []
+        if own and not entries:
+            self._own_pending = False
+            return await self._read(block_ms)
         await self._fold_entries(entries)
         return len(entries)
 
@@ -201,7 +213,11 @@ class UsageLedger:
                 if await self._read(None) == 0:
                     return
 
-        await self._breaker.call(go)
+        try:
+            await self._breaker.call(go)
+        except Exception:
+            self._own_pending = True
+            raise
 
     async def maintain(self) -> None:
         """Drop raw records past retention, and consumers long gone that hold nothing."""
@@ -259,7 +275,9 @@ class UsageLedger:
                 raise
             except StoreUnavailable:
                 self._group_ready = False
+                self._own_pending = True
                 await asyncio.sleep(self._bg_breaker.retry_after_s)
             except Exception:
+                self._own_pending = True
                 log.exception("usage ledger aggregator failed; retrying")
                 await asyncio.sleep(1.0)

@@ -42,7 +42,12 @@ def vllm_url(smollm2_dir: Path, tmp_path_factory) -> str:
     from serving.launcher.vllm import VLLMServer
 
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VLLMServer(smollm2_dir, [MODEL_A, MODEL_B], port=free_port(), max_num_seqs=32, log_path=log)
+    # nobind: vLLM's CPU build pins its worker to core 0 by default, which on a 2-core machine shared with
+    # other engines starves it; eager mode skips minutes of compilation the tests don't need.
+    server = VLLMServer(
+        smollm2_dir, [MODEL_A, MODEL_B], port=free_port(), max_num_seqs=32, log_path=log,
+        cpu_threads_bind="nobind", extra_args=["--enforce-eager"],
+    )
     server.start()
     try:
         server.wait_healthy(float(os.environ.get("NOOR_TEST_VLLM_TIMEOUT", "600")))

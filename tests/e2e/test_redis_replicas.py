@@ -21,9 +21,9 @@ import pytest
 from multidict import CIMultiDict
 
 from router.store.base import TenantLimits
-from tests.store_helpers import new_tenant, revoke, wait_for_records
 from tests.processes import ServerProcess, gateway_replica, stub_upstream, write_catalog
 from tests.redis_server import REDIS_BIN, RedisServer
+from tests.store_helpers import new_tenant, revoke, wait_for_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REDIS_BIN is None, reason="redis-server is not installed")]
 

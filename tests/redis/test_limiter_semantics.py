@@ -39,12 +39,15 @@ def redis_limiter(url: str, **kw) -> RedisLimiter:
     return RedisLimiter(make_client(url, socket_timeout_s=5.0), Breaker(0.2), **kw)
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "redis-unpipelined", "local"])
 async def make(request, redis_url):
     made: list = []
 
     def build(**kw):
-        lim = redis_limiter(redis_url, **kw) if request.param == "redis" else LocalLimiter(**kw)
+        if request.param == "local":
+            lim = LocalLimiter(**kw)
+        else:  # through the pipelined hiredis client, or through redis-py (autopipeline=False)
+            lim = redis_limiter(redis_url, autopipeline=request.param == "redis", **kw)
         made.append(lim)
         return lim
 
@@ -147,6 +150,19 @@ async def test_settling_twice_corrects_once(make):
     b = ctx(limits, prompt=10, max_tokens=80)
     await lim.reserve(b)
     assert b.headers["x-ratelimit-remaining-tokens"] == "0" and b.headers["x-ratelimit-remaining-budget"] == "0"
+
+
+async def test_reserving_twice_charges_once(redis_url):
+    lim = redis_limiter(redis_url)
+    limits = TenantLimits(requests_per_minute=5, tokens_per_minute=100, max_concurrent=5, token_budget=100)
+    a = ctx(limits, prompt=10, max_tokens=50)
+    await lim.reserve(a)
+    await lim.reserve(a)  # the script ran, its reply was lost, the client sent it again
+    b = ctx(limits, prompt=10, max_tokens=30)
+    await lim.reserve(b)
+    assert b.headers["x-ratelimit-remaining-requests"] == "3" and b.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert b.headers["x-ratelimit-remaining-budget"] == "0"
+    await lim.close()
 
 
 async def test_the_window_slides(make):

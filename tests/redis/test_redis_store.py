@@ -132,3 +132,16 @@ async def test_background_aggregator_folds_while_gateway_runs(store):
             break
         await asyncio.sleep(0.02)
     assert store.ledger.folded == 5
+
+
+async def test_a_consumer_folds_what_it_read_before_a_failure_without_waiting_for_a_claim(store):
+    store.ledger.claim_idle_ms = 3_600_000  # no claim could pick them up within the test
+    await store.add_usage([rec(i) for i in range(6)])
+    await store.ledger._ensure_group()
+    # the aggregator read a batch, then Redis went away before the fold script ran
+    got = await store.client.xreadgroup(GROUP, store.ledger.consumer, {store.ledger.stream: ">"}, count=6)
+    assert len(got[0][1]) == 6
+    store.ledger._own_pending = True  # what the aggregator's error path sets
+    totals = await store.usage_totals()
+    assert totals[0].requests == 6
+    assert (await store.client.xpending(store.ledger.stream, GROUP))["pending"] == 0
