@@ -43,6 +43,11 @@ class StoreSettings(BaseModel):
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = Field(default=64, description="Per gateway process; requests queue for one beyond it.")
+    redis_autopipeline: bool = Field(
+        default=True, description="The request path's Redis commands (epoch reads, limit scripts, usage appends) go "
+        "through one pipelined hiredis connection, commands of concurrent requests sharing writes (false: redis-py, "
+        "one round trip each)."
+    )
     redis_retry_after_s: float = Field(
         default=1.0, description="After Redis fails, calls fail fast for this long before it is tried again."
     )

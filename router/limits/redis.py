@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from prometheus_client import Counter, Gauge
 
 from router.context import RequestContext
@@ -71,11 +72,13 @@ class RedisLimiter(Limiter):
         on_store_failure: Literal["open", "closed"] = "open",
         fail_open_share: float = 1.0,
         wire: PipelinedRedis | None = None,
+        autopipeline: bool = True,
     ) -> None:
         self._r = client
-        # reserve and settle, once per request, go through the pipelined client (router/store/redis_wire.py)
-        self._wire = wire or PipelinedRedis.like(client)
-        self._own_wire = wire is None
+        # reserve and settle, once per request, go through the pipelined client (router/store/redis_wire.py);
+        # without it (autopipeline=False), through redis-py, one round trip each.
+        self._own_wire = wire is None and autopipeline
+        self._wire = wire or (PipelinedRedis.like(client) if autopipeline else None)
         self.breaker = breaker
         self.prefix = prefix
         self.window_ms = int(window_s * 1000)
@@ -99,7 +102,7 @@ class RedisLimiter(Limiter):
         return cls(
             store.client, store.breaker, prefix=store.prefix, window_s=settings.window_s,
             lease_s=settings.concurrency_lease_s, on_store_failure=settings.on_store_failure,
-            fail_open_share=settings.fail_open_share, wire=store.wire,
+            fail_open_share=settings.fail_open_share, wire=store.wire, autopipeline=store.wire is not None,
         )
 
     def _keys(self, tenant_id: str, budget_key: str | None) -> list[str]:
@@ -120,7 +123,7 @@ class RedisLimiter(Limiter):
             self._task = None
         with contextlib.suppress(Exception):
             await self._flush_backlog()
-        if self._own_wire:
+        if self._own_wire and self._wire is not None:
             await self._wire.close()
 
     # ---- the request path
@@ -138,7 +141,7 @@ class RedisLimiter(Limiter):
                 int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
         keys = self._keys(ident.tenant_id, budget_key)
         try:
-            raw = await self.breaker.call(lambda: self._wire.evalsha(self._reserve.sha, self._reserve.script, keys, args))
+            raw = await self.breaker.call(lambda: self._script(self._reserve, keys, args))
         except StoreUnavailable:
             await self._reserve_degraded(ctx, lim, cost)
             return
@@ -178,10 +181,15 @@ class RedisLimiter(Limiter):
         keys = self._keys(res.tenant_id, res.budget_key)
         settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
         try:
-            await self.breaker.call(lambda: self._wire.evalsha(self._settle.sha, self._settle.script, settle_keys, args))
+            await self.breaker.call(lambda: self._script(self._settle, settle_keys, args))
         except StoreUnavailable:
             if len(self._unsettled) < _MAX_BACKLOG:
                 self._unsettled.append((settle_keys, args))
+
+    async def _script(self, script: AsyncScript, keys: list, args: list) -> object:
+        if self._wire is None:
+            return await script(keys=keys, args=args)
+        return await self._wire.evalsha(script.sha, script.script, keys, args)
 
     def _decision(self, raw: list, lim: TenantLimits, cost: int, budget_reset_s: float) -> Decision:
         allowed, reason, retry_ms, rpm_used, rpm_reset, tpm_used, tpm_reset, conc_used, bud_used = raw

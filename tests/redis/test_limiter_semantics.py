@@ -39,12 +39,15 @@ def redis_limiter(url: str, **kw) -> RedisLimiter:
     return RedisLimiter(make_client(url, socket_timeout_s=5.0), Breaker(0.2), **kw)
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "redis-unpipelined", "local"])
 async def make(request, redis_url):
     made: list = []
 
     def build(**kw):
-        lim = redis_limiter(redis_url, **kw) if request.param == "redis" else LocalLimiter(**kw)
+        if request.param == "local":
+            lim = LocalLimiter(**kw)
+        else:  # through the pipelined hiredis client, or through redis-py (autopipeline=False)
+            lim = redis_limiter(redis_url, autopipeline=request.param == "redis", **kw)
         made.append(lim)
         return lim
 
