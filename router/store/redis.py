@@ -85,6 +85,7 @@ class RedisStore(Store):
         ledger_claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,
+        autopipeline: bool = True,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -120,6 +121,7 @@ class RedisStore(Store):
             retention_days=options.usage_records_retention_days,
             # a blocking read must end well before the socket timeout would call it a failure
             block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 250))),
+            autopipeline=options.redis_autopipeline,
         )
 
     def _k(self, *parts: str) -> str:
