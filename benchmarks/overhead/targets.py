@@ -10,6 +10,8 @@ OpenAI-compatible deployment, with a master key as its authentication.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -53,7 +55,8 @@ async def _make_tenant(store_url: str) -> str:
 
     store = open_store(store_url)
     try:
-        tenant = await store.create_tenant("bench", allowed_models=["*"], limits=TenantLimits(**BENCH_LIMITS))
+        tenant = await store.create_tenant(f"bench-{os.getpid()}-{time.monotonic_ns()}", allowed_models=["*"],
+                                           limits=TenantLimits(**BENCH_LIMITS))
         _, secret = await create_key(store, tenant.id, name="bench")
         return secret
     finally:
