@@ -71,7 +71,7 @@ def start_gateway(vllm_url: str, data: Path, port: int) -> subprocess.Popen:
     )
     env = os.environ | {
         "NOOR_CATALOG_PATH": str(catalog), "NOOR_DATA_DIR": str(data), "NOOR_SERVER__ADMIN_TOKEN": ADMIN,
-        "NOOR_SERVER__PORT": str(port),
+        "NOOR_SERVER__PORT": str(port), "NOOR_TELEMETRY__ACCESS_LOG": "false",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
