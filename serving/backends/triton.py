@@ -61,7 +61,6 @@ Protocol = Literal["grpc", "http"]
 
 #: Tensor names of the embedding model (``models/triton/minilm``).
 EMBED_INPUT, EMBED_OUTPUT, EMBED_TOKENS = "text", "embedding", "num_tokens"
-_GEN_OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
 # Messages that say the request itself is wrong (Triton's stream errors carry no status code).
 _CLIENT_FAULT = re.compile(
     r"invalid|must be|not allowed|not supported|is required|longer than|exceeds|too long|out of range|"

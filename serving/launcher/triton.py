@@ -68,7 +68,7 @@ class TritonServer:
         env: Mapping[str, str] | None = None,
         model_control_mode: ModelControlMode = "none",
         load_models: Sequence[str] = ("*",),
-        exit_timeout_s: int = 30,
+        exit_timeout_s: int = 60,
         log_verbose: int = 0,
         extra_args: Sequence[str] = (),
     ) -> None:

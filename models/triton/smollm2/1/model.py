@@ -27,6 +27,7 @@ import json
 import locale
 import os
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -319,10 +320,23 @@ class TritonPythonModel:
             pass
 
     def finalize(self):
+        started = time.monotonic()
         self.logger.log_info("[smollm2] shutting down vLLM")
         try:
             self._engine.shutdown()
         except Exception as exc:
             self.logger.log_warn(f"[smollm2] engine shutdown: {exc}")
+
+        async def cancel_pending():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_pending(), self._loop).result(timeout=5)
+        except Exception:
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=5)
+        self.logger.log_info(f"[smollm2] finalized in {time.monotonic() - started:.1f} s")
