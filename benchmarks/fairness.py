@@ -3,16 +3,20 @@
     python -m benchmarks.fairness                      # virtual time: 4 simulated replicas, exact (~1 min)
     python -m benchmarks.fairness --mode http          # the whole gateway over HTTP, simulators time-scaled
     python -m benchmarks.fairness --mode vllm          # one real vLLM CPU engine (SmolLM2), started here
+    python -m benchmarks.fairness --mode vllm --url http://127.0.0.1:8100   # ...or one already running
 
 Two tenants. B sends at a steady moderate rate (``--b-load`` × the pool's capacity, Poisson arrivals);
 A sends ``--flood`` × its fair share (half the capacity), so the pool is oversubscribed several times
-over. Three runs side by side in this process, each on fresh engines and with the same arrivals:
+over. Five runs side by side in this process, each on fresh engines and with the same arrivals:
 
 * ``alone`` — B only;
+* ``busy``  — B plus A within its share (``--busy`` × capacity, fair admission): what a busy pool
+  costs B without any flood, the reference for what the flood itself adds;
 * ``fcfs``  — A's flood + B with direct admission: every request goes straight to an engine, whose own
   queue serves first-come-first-served (what a plain load balancer does);
 * ``vtc``   — A's flood + B with fair admission: requests wait in the gateway's per-tenant queues,
-  served by the Virtual Token Counter; an engine holds at most its window (= its ``max_num_seqs``).
+  served by the Virtual Token Counter; an engine holds at most its window (= its ``max_num_seqs``);
+* ``vtc+pacing`` — the same with prefill pacing (``--pacing`` prompts in progress per endpoint).
 
 Printed: B's TTFT p50/p99 per run; the service each tenant got per tenth of the run; total throughput
 (generated tokens per second, from the engines' own counters, over the arrival window); and the
@@ -119,7 +123,7 @@ def censor(results: list, now: float) -> None:
 
 
 # --- virtual time ------------------------------------------------------------------------------------------
-async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: bool) -> RunResult:
+async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: bool, pacing: int = 0) -> RunResult:
     from benchmarks.virtual_cluster import VirtualCluster
     from noor.settings import SchedulerSettings
     from router.admission.direct import DirectAdmission
@@ -134,7 +138,7 @@ async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: 
     profile = load_profile(args.profile, max_num_seqs=args.max_num_seqs)
     cap = Capacity(window=args.window or args.max_num_seqs, kv_threshold=0.95, stale_after_s=3600)
     policy = make_policy(args.policy, SchedulerSettings(), cap)
-    adm = (FairAdmission(policy, cap, deadline_s=args.deadline, max_starting=args.max_starting) if fair
+    adm = (FairAdmission(policy, cap, deadline_s=args.deadline, max_starting=pacing) if fair
            else DirectAdmission(policy))
     ident = {t: Identity("k", t, t, frozenset({"*"}), TenantLimits()) for t in "AB"}
     rngs = {"A": random.Random(args.seed), "B": random.Random(args.seed + 1)}
@@ -185,11 +189,13 @@ class Engines:
     window: int
 
 
-async def run_http(name: str, engines: Engines, plan: Plan, args: argparse.Namespace, *, fair: bool) -> RunResult:
+async def run_http(name: str, engines: Engines, plan: Plan, args: argparse.Namespace, *, fair: bool,
+                   pacing: int = 0) -> RunResult:
     rngs = {"A": random.Random(args.seed), "B": random.Random(args.seed + 1)}
     async with serve_gateway(engines.urls, engine=engines.engine, engine_model=engines.engine_model,
                              admission=fair, policy=args.policy, window=engines.window,
-                             deadline_s=args.deadline * args.time_scale, metrics_interval_s=0.5) as gw:
+                             deadline_s=args.deadline * args.time_scale, metrics_interval_s=0.5,
+                             scheduler={"max_starting_per_endpoint": pacing or None}) as gw:
         keys = {"A": await gw.tenant("A"), "B": await gw.tenant("B")}
         async with client(gw.url) as c:
             tasks: dict[str, list[asyncio.Task]] = {"A": [], "B": []}
@@ -231,37 +237,71 @@ async def simulated(args: argparse.Namespace) -> AsyncIterator[Engines]:
 
 @contextlib.asynccontextmanager
 async def real_vllm(args: argparse.Namespace) -> AsyncIterator[Engines]:
+    """A vLLM started here (SmolLM2, CPU build) — or, with ``--url``, one already running."""
     import aiohttp
 
-    from models.prepare import default_cache_dir, prepare_smollm2
-    from serving.launcher.vllm import VLLMServer
-    from tests.servers import free_port
+    from serving.backends.vllm import VLLM_METRICS, parse_signals
 
     name = "smollm2-135m-instruct"
-    server = VLLMServer(prepare_smollm2(default_cache_dir(), progress=False), [name], port=free_port(),
-                        max_num_seqs=args.max_num_seqs)
-    server.start()
+    server = None
+    url = args.url
+    if url is None:
+        from models.prepare import default_cache_dir, prepare_smollm2
+        from serving.launcher.vllm import VLLMServer
+        from tests.servers import free_port
+
+        server = VLLMServer(prepare_smollm2(default_cache_dir(), progress=False), [name], port=free_port(),
+                            max_num_seqs=args.max_num_seqs)
+        server.start()
+        url = server.url
     try:
-        await asyncio.to_thread(server.wait_healthy, 600.0, True)
+        if server is not None:
+            await asyncio.to_thread(server.wait_healthy, 900.0, True)
         generated = [0.0]
         async with aiohttp.ClientSession() as session:
 
             async def poll() -> None:  # the engine's own generation counter
                 while True:
-                    async with session.get(server.url + "/metrics") as r:
+                    async with session.get(url + "/metrics") as r:
                         for line in (await r.text()).splitlines():
                             if line.startswith("vllm:generation_tokens_total"):
                                 generated[0] = float(line.rsplit(" ", 1)[1])
                     await asyncio.sleep(0.2)
 
+            # A shared engine may still be aborting the last run's cut-off requests: start on an idle one.
+            for _ in range(1200):
+                async with session.get(url + "/metrics") as r:
+                    sig = parse_signals(await r.text(), VLLM_METRICS)
+                if sig.running + sig.waiting == 0:
+                    break
+                await asyncio.sleep(0.25)
             poller = asyncio.create_task(poll())
             await asyncio.sleep(0.5)
             try:
-                yield Engines([server.url], "vllm", name, lambda: generated[0], args.max_num_seqs)
+                yield Engines([url], "vllm", name, lambda: generated[0], args.window or args.max_num_seqs)
             finally:
                 poller.cancel()
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+
+
+async def probe_capacity(engines: Engines, args: argparse.Namespace, seconds: float = 15.0) -> float:
+    """Requests per second the engine completes with a full window of closed-loop clients."""
+    rng = random.Random(0)
+    done = 0
+    async with client(engines.urls[0]) as c:
+        stop_at = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop_at:
+                r = await c.chat("", "probe", prompt(rng, args.words), model=engines.engine_model,
+                                 max_tokens=args.max_tokens)
+                done += r.status == 200
+
+        await asyncio.gather(*(worker() for _ in range(engines.window)))
+    return done / seconds
 
 
 # --- capacity and report -------------------------------------------------------------------------------------
@@ -293,17 +333,23 @@ def report(runs: list[RunResult], warmup: float) -> dict[str, float]:
     print("\nService per tenth of the run: completion tokens of requests that finished in it, A / B\n")
     print(table(["run", *[str(i + 1) for i in range(10)]], [[r.name, *[f"{a}/{b}" for a, b in r.buckets()]] for r in runs]))
     by = {r.name: r for r in runs}
-    ratios = {}
-    if {"alone", "fcfs", "vtc"} <= by.keys():
-        ratios = {"fcfs_vs_alone": p99["fcfs"] / p99["alone"], "vtc_vs_alone": p99["vtc"] / p99["alone"],
-                  "throughput": by["vtc"].tokens / max(1.0, by["fcfs"].tokens)}
-        print("\n" + table(["ratio", "value", "target"], [
-            ["B p99 TTFT: FCFS under flood / alone", f"{ratios['fcfs_vs_alone']:.1f}×", "—"],
-            ["B p99 TTFT: VTC under flood / alone", f"{ratios['vtc_vs_alone']:.2f}×", "≤ 1.5×"],
-            *([["B p99 TTFT: VTC under flood / busy (no flood)", f"{p99['vtc'] / p99['busy']:.2f}×", "—"]]
-              if "busy" in p99 else []),
-            ["throughput: VTC / FCFS", f"{ratios['throughput']:.3f}", "≥ 0.95"],
-        ]))
+    ratios: dict[str, float] = {}
+    rows = []
+    if "alone" in p99 and "fcfs" in p99:
+        rows.append(["B p99 TTFT: FCFS under flood / alone", f"{p99['fcfs'] / p99['alone']:.1f}×", "—"])
+    for v in ("vtc", "vtc+pacing"):
+        if v not in by:
+            continue
+        if "alone" in p99:
+            ratios[f"{v}/alone"] = p99[v] / p99["alone"]
+            rows.append([f"B p99 TTFT: {v} under flood / alone", f"{ratios[f'{v}/alone']:.2f}×", "≤ 1.5×"])
+        if "busy" in p99:
+            rows.append([f"B p99 TTFT: {v} under flood / busy (no flood)", f"{p99[v] / p99['busy']:.2f}×", "—"])
+        if "fcfs" in by:
+            ratios[f"{v} throughput"] = by[v].tokens / max(1.0, by["fcfs"].tokens)
+            rows.append([f"throughput: {v} / FCFS", f"{ratios[f'{v} throughput']:.3f}", "≥ 0.95"])
+    if rows:
+        print("\n" + table(["ratio", "value", "target"], rows))
     return ratios
 
 
@@ -311,7 +357,10 @@ async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.ERROR)
     if args.mode == "vllm":
         args.time_scale, args.replicas = 1.0, 1
-        capacity = args.capacity or 300.0 / args.max_tokens  # ~300 tok/s at a full batch (FACTS.md)
+        capacity = args.capacity
+        if capacity is None:
+            async with real_vllm(args) as engines:
+                capacity = await probe_capacity(engines, args)
     else:
         capacity = args.capacity or sim_capacity(args)
         if args.mode == "virtual":
@@ -326,17 +375,17 @@ async def main(args: argparse.Namespace) -> None:
           + (f" (× time scale {args.time_scale:g})" if args.mode == "http" else ""))
     runs = []
     busy = Plan.draw(duration, args.busy * clock_capacity, 0.0, args.seed)  # A within its share: engines busy
-    scenarios = [("alone", True, Plan(duration, [], plan.b)), ("busy", True, Plan(duration, busy.a, plan.b)),
-                 ("fcfs", False, plan), ("vtc", True, plan)]
-    for name, fair, p in scenarios:
+    scenarios = [("alone", True, Plan(duration, [], plan.b), 0), ("busy", True, Plan(duration, busy.a, plan.b), 0),
+                 ("fcfs", False, plan, 0), ("vtc", True, plan, 0), ("vtc+pacing", True, plan, args.pacing)]
+    for name, fair, p, pacing in scenarios:
         if args.only and name not in args.only.split(","):
             continue
         t0 = time.monotonic()
         if args.mode == "virtual":
-            runs.append(await run_virtual(name, p, args, fair=fair))
+            runs.append(await run_virtual(name, p, args, fair=fair, pacing=pacing))
         else:
             async with (real_vllm(args) if args.mode == "vllm" else simulated(args)) as engines:
-                runs.append(await run_http(name, engines, p, args, fair=fair))
+                runs.append(await run_http(name, engines, p, args, fair=fair, pacing=pacing))
         print(f"  {name}: {time.monotonic() - t0:.0f} s", flush=True)
     print()
     report(runs, args.warmup)
@@ -363,8 +412,9 @@ def cli() -> None:
     ap.add_argument("--busy", type=float, default=0.7,
                     help="A's rate in the 'busy' run (no flood), as a fraction of capacity")
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of each run left out of TTFT figures")
-    ap.add_argument("--max-starting", type=int, default=0)
-    ap.add_argument("--only", default="", help="comma-separated subset of alone,busy,fcfs,vtc")
+    ap.add_argument("--pacing", type=int, default=2, help="vtc+pacing: streamed prompts in progress per endpoint")
+    ap.add_argument("--url", default=None, help="vllm mode: use this running vLLM (serving smollm2-135m-instruct)")
+    ap.add_argument("--only", default="", help="comma-separated subset of alone,busy,fcfs,vtc,vtc+pacing")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     if args.mode == "virtual":

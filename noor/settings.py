@@ -109,8 +109,8 @@ class SchedulerSettings(BaseModel):
         default=None, description="Running + waiting requests per endpoint; None = the engine's max_num_seqs.")
     kv_cache_threshold: float = 0.95
     max_starting_per_endpoint: int | None = Field(
-        default=None, description="Prefill pacing: streamed requests per endpoint still before their first "
-                                  "token. None = window/32 (at least 2); 0 = no pacing.")
+        default=None, description="Prefill pacing: at most this many streamed requests per endpoint before "
+                                  "their first token; None = no pacing. See docs/scheduling.md before enabling.")
     priority_classes: list[str] = Field(default=["interactive", "batch"], description="Served first to last.")
     vtc_input_weight: float = 1.0
     vtc_output_weight: float = 2.0
