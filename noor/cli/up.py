@@ -112,17 +112,21 @@ def up(
         model = names[0]
         console.print(Panel.fit(
             f"Gateway:     {base}/v1   (engines: {', '.join(pool.endpoints)})\n"
-            f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n\n"
-            f"[bold]curl[/bold]\n"
-            f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
-            f"  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Say hello\"}}]}}'\n\n"
-            f"[bold]openai SDK[/bold]\n"
-            f"python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{key}'); "
-            f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)\"\n\n"
-            f"[bold]usage[/bold]\n"
-            f"curl {base}/admin/usage -H 'Authorization: Bearer {key}'\n\nCtrl-C stops the gateway and the engines.",
+            f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n"
+            "Ctrl-C stops the gateway and the engines.",
             title="Noor is up", border_style="green",
-        ), soft_wrap=True)
+        ))
+        # Plain print, not rich: the commands must survive copy-paste unwrapped at any terminal width.
+        body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
+        print(
+            f"\n# curl\ncurl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'\n"
+            f"\n# openai SDK\npython -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{key}'); "
+            f"print(c.chat.completions.create(model='{model}', max_tokens=32, "
+            f"messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)\"\n"
+            f"\n# your usage\ncurl {base}/admin/usage -H 'Authorization: Bearer {key}'\n",
+            flush=True,
+        )
         _serve(settings, catalog)
     finally:
         console.print("stopping engines…")
