@@ -1,8 +1,8 @@
 """TritonBackend against a real Triton serving models/triton/ (SmolLM2 on vLLM, MiniLM embeddings).
 
-One tritonserver per module (vLLM's start dominates: minutes on a small, busy CPU host). The server
-runs with explicit model control so a test can unload a model, and with the smollm2 model's fault
-injection switched on so a test can make it fail mid-stream.
+One tritonserver per module (vLLM's start dominates: minutes on a small, busy CPU host), with the
+smollm2 model's fault injection switched on so a test can make it fail mid-stream; a second,
+embeddings-only one (seconds to start) for unloading a model under a pool.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ def triton(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         grpc_port=_free_port(),
         metrics_port=_free_port(),
         log_path=log,
-        model_control_mode="explicit",
         env={
             "NOOR_SMOLLM2_DIR": str(model_dir),
             "NOOR_TRITON_FAULT_INJECTION": "1",
@@ -352,34 +351,63 @@ async def test_signals(grpc_backend: TritonBackend):
         await stream.aclose()
 
 
-async def test_model_not_ready_makes_the_endpoint_unhealthy(triton: TritonServer):
-    embed = _backend(triton, "http", models=["minilm"])
-    chat = _backend(triton, "grpc", models=["smollm2"])
+@pytest.fixture(scope="module")
+def embed_triton(tmp_path_factory: pytest.TempPathFactory):
+    """A second, embeddings-only Triton whose models a test may unload: two copies of minilm, so one
+    pool's model can go away while the other's stays. (Kept apart from the vLLM server: reloading a
+    model there shortly before shutdown has stalled the other model's unload.)"""
+    import shutil
+
+    repo = tmp_path_factory.mktemp("embed-repo")
+    shutil.copytree(REPO / "minilm", repo / "minilm")
+    shutil.copytree(REPO / "minilm", repo / "minilm_b")
+    config = repo / "minilm_b" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "minilm"', 'name: "minilm_b"'))
+    server = TritonServer(
+        repo,
+        http_port=_free_port(),
+        grpc_port=_free_port(),
+        metrics_port=_free_port(),
+        log_path=repo / "tritonserver.log",
+        model_control_mode="explicit",
+    )
+    server.start()
     try:
-        assert await embed.health() and await chat.health()
-        _post(f"{triton.http_url}/v2/repository/models/minilm/unload")
-        for _ in range(60):
-            if not await embed.model_ready("minilm"):
-                break
-            await asyncio.sleep(0.5)
-        assert not await embed.health()
-        assert not await embed.model_ready("minilm")
-        assert await chat.health()  # the other model's pool is unaffected
-        with pytest.raises(UpstreamError) as err:
-            await embed.complete(_req("embedding", {"model": "minilm", "input": "x"}))
-        assert err.value.status == 503 and err.value.retryable
+        server.wait_ready(timeout_s=600)
+        yield server
     finally:
-        _post(f"{triton.http_url}/v2/repository/models/minilm/load")
+        server.stop()
+
+
+async def test_model_not_ready_makes_the_endpoint_unhealthy(embed_triton: TritonServer):
+    gone = _backend(embed_triton, "http", models=["minilm"])
+    other = _backend(embed_triton, "grpc", models=["minilm_b"])
+    try:
+        assert await gone.health() and await other.health()
+        _post(f"{embed_triton.http_url}/v2/repository/models/minilm/unload")
         for _ in range(120):
-            if await embed.health():
+            if not await gone.model_ready("minilm"):
                 break
             await asyncio.sleep(0.5)
-        await embed.close()
-        await chat.close()
+        assert not await gone.health()
+        assert not await gone.model_ready("minilm")
+        assert await other.health()  # the other model's pool is unaffected
+        with pytest.raises(UpstreamError) as err:
+            await gone.complete(_req("embedding", {"model": "minilm", "input": "x"}))
+        assert err.value.status == 503 and err.value.retryable
+        assert orjson.loads(err.value.body)["error"]["type"] == "service_unavailable"
+
+        _post(f"{embed_triton.http_url}/v2/repository/models/minilm/load")
+        assert await gone.health()
+        response = await gone.complete(_req("embedding", {"model": "minilm", "input": "back again"}))
+        assert response.status == 200
+    finally:
+        await gone.close()
+        await other.close()
 
 
 def _post(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=120).read()
+    urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=600).read()
 
 
 async def test_unreachable_endpoint(triton: TritonServer):
