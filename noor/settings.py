@@ -38,13 +38,50 @@ class StoreSettings(BaseModel):
     usage_flush_interval_s: float = 0.5
     usage_flush_max_records: int = 500
     spool_dir: Path | None = Field(default=None, description="Local spool for usage records while the store is away.")
+    # Redis only (ignored by SQLite).
+    redis_prefix: str = Field(default="noor:", description="Namespace of every Redis key Noor writes.")
+    redis_connect_timeout_s: float = 0.5
+    redis_socket_timeout_s: float = 1.0
+    redis_max_connections: int = Field(default=64, description="Per gateway process; requests queue for one beyond it.")
+    redis_autopipeline: bool = Field(
+        default=True, description="The request path's Redis commands (epoch reads, limit scripts, usage appends) go "
+        "through one pipelined hiredis connection, commands of concurrent requests sharing writes (false: redis-py, "
+        "one round trip each)."
+    )
+    redis_retry_after_s: float = Field(
+        default=1.0, description="After Redis fails, calls fail fast for this long before it is tried again."
+    )
+    auth_invalidation: Literal["version", "pubsub"] = Field(
+        default="version",
+        description="version: one GET of a version key per request (a revoke is seen by the very next request "
+        "at every replica); pubsub: no per-request read, caches dropped when a change is published.",
+    )
+    ledger_aggregate: bool = Field(default=True, description="Run the usage-ledger aggregator in this gateway.")
+    ledger_batch: int = 500
+    ledger_claim_idle_s: float = Field(
+        default=30.0, description="Ledger entries a consumer held this long unacknowledged are taken over."
+    )
+    usage_records_retention_days: int = 90
 
 
 class LimitsSettings(BaseModel):
-    """How limits behave when the shared store is unreachable."""
+    """Which limiter enforces tenants' quotas, and how it behaves when the shared store is unreachable."""
 
     enabled: bool = True
-    on_store_failure: Literal["open", "closed"] = "open"
+    backend: Literal["auto", "redis", "local"] = Field(
+        default="auto", description="auto: Redis when the store is Redis, else in-process (one gateway)."
+    )
+    on_store_failure: Literal["open", "closed"] = Field(
+        default="open", description="open: enforce limits locally per replica and keep serving; closed: 503."
+    )
+    fail_open_share: float = Field(
+        default=1.0, gt=0, le=1,
+        description="Share of each limit one replica enforces on its own while Redis is away (1/replicas is strict).",
+    )
+    window_s: float = Field(default=60.0, gt=0, description="The 'minute' of RPM/TPM (shorter only in tests).")
+    concurrency_lease_s: float = Field(
+        default=60.0, gt=0, description="A concurrency slot held by a replica that died is freed after this long."
+    )
 
 
 class EngineSettings(BaseModel):
@@ -53,8 +90,10 @@ class EngineSettings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
     health_interval_s: float = 2.0
-    health_timeout_s: float = 2.0
-    unhealthy_after_failures: int = 2
+    # A CPU-bound engine answers /health slowly under load; a short timeout would take a busy (not dead)
+    # engine out of rotation and turn load into 503s. Requests that fail to connect still count at once.
+    health_timeout_s: float = 5.0
+    unhealthy_after_failures: int = 3
     metrics_interval_s: float = 1.0
     max_retries: int = 2
 
@@ -84,13 +123,33 @@ class SchedulerSettings(BaseModel):
 
 
 class TelemetrySettings(BaseModel):
-    """Metrics, traces and logs."""
+    """Metrics, traces and logs (router/telemetry/)."""
 
     metrics_enabled: bool = True
+    metrics_path: str = Field(default="/metrics", description="Served by the gateway's app, outside tenant auth.")
+    metrics_port: int | None = Field(default=None, description="Serve /metrics on this port instead of the app's.")
+    metrics_host: str = "127.0.0.1"
+    max_tenant_labels: int = Field(
+        default=1000, description="Distinct tenant label values before further tenants count as '_other'."
+    )
     traces_exporter: Literal["none", "console", "otlp"] = "none"
-    otlp_endpoint: str | None = None
+    otlp_endpoint: str | None = Field(default=None, description="None: the exporter's default (localhost).")
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    traces_sample_ratio: float = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="Share of requests traced (decided on the trace id). A traced request costs the gateway "
+        "~8 spans built and OTLP-encoded in Python (see benchmarks/telemetry_overhead.py), so production "
+        "samples; set 1.0 to trace everything while debugging.",
+    )
+    service_name: str = "noor-gateway"
     log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
     access_log: bool = True
+    capture_content_tenants: list[str] = Field(
+        default_factory=list,
+        description="Tenant ids or names whose prompts and completions go into spans and access lines "
+        "(debugging only). Everyone else's text never does.",
+    )
 
 
 class LocalEngineSettings(BaseModel):
@@ -101,7 +160,23 @@ class LocalEngineSettings(BaseModel):
     kv_cache_gib: int = 2
     max_model_len: int = 2048
     max_num_seqs: int = 64
-    startup_timeout_s: float = 600.0
+    startup_timeout_s: float = 900.0
+    cpu_threads_bind: str | None = Field(
+        default="nobind",
+        description="VLLM_CPU_OMP_THREADS_BIND on CPU hosts. vLLM's default pins its worker to one core, which "
+        "starves it on small machines; None keeps vLLM's default (right on a dedicated many-core host).",
+    )
+    enforce_eager: bool = Field(default=False, description="Skip graph compilation: faster start, slower decode.")
+
+
+class TritonSettings(BaseModel):
+    """Triton endpoints and the local tritonserver (serving/launcher/triton.py)."""
+
+    protocol: Literal["grpc", "http"] = "grpc"
+    runtime_dir: Path | None = Field(
+        default=None,
+        description="venv holding tritonserver and numpy<2 for its Python-backend stub; None = data_dir/triton-runtime.",
+    )
 
 
 class Settings(BaseSettings):
@@ -119,10 +194,15 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     local: LocalEngineSettings = LocalEngineSettings()
+    triton: TritonSettings = TritonSettings()
 
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.data_dir / 'noor.db'}"
+
+    @property
+    def triton_runtime_dir(self) -> Path:
+        return self.triton.runtime_dir or self.data_dir / "triton-runtime"
 
     @property
     def models_dir(self) -> Path:

@@ -5,7 +5,7 @@ tenant, with one of its own API keys, who may read its own usage and keys and no
 Errors keep OpenAI's shape, like the rest of the gateway.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI resolves the dependency aliases defined inside build_admin_api at runtime.
 
 import csv
 import hmac

@@ -6,17 +6,20 @@ This is the only place that knows every stage; each stage only knows the interfa
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from models.catalog import Catalog
 from noor.settings import Settings
 from router.admin import build_admin_api, install_error_handlers
 from router.auth import Authenticator
-from router.limits import Limiter, Unlimited
+from router.limits import Limiter
+from router.limits.choose import make_limiter
 from router.metering import Meter
 from router.openai_api import OpenAIApp
 from router.pipeline import Pipeline
@@ -24,8 +27,13 @@ from router.prompt_tokens import PromptTokenCounter
 from router.scheduler import build_admission
 from router.store import open_store
 from router.store.base import Store
+from router.telemetry import Telemetry
+from router.telemetry.logs import configure_logging
 from serving.backends import make_backend
 from serving.pool import Pool
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("noor.gateway")
 
@@ -33,12 +41,15 @@ log = logging.getLogger("noor.gateway")
 class Gateway:
     """Everything one gateway process runs, with one start and one close."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, *, store: Store | None = None, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self, settings: Settings, catalog: Catalog, *, store: Store | None = None, limiter: Limiter | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, settings.store)
         self.auth = Authenticator(self.store, ttl_s=settings.store.key_cache_ttl_s)
-        self.limiter = limiter or Unlimited()
+        self.limiter = limiter or make_limiter(settings.limits, self.store)
         eng = settings.engine
         self.pools = {
             name: Pool(name, engine=spec.engine, health_interval_s=eng.health_interval_s,
@@ -51,10 +62,19 @@ class Gateway:
             self.store, spool_path=spool / "usage.jsonl", flush_interval_s=settings.store.usage_flush_interval_s,
             max_batch=settings.store.usage_flush_max_records,
         )
+        self.telemetry = Telemetry.from_settings(
+            settings.telemetry, pools=self.pools, admission=self.admission, span_exporter=span_exporter
+        )
+        if self.telemetry.metrics is not None:
+            self.meter.observers.append(self.telemetry.metrics.observe_usage)
+            for collector in getattr(self.limiter, "collectors", ()):
+                self.telemetry.register(collector)
+        self._metrics_server: object = None
         self.pipeline = Pipeline(
             catalog=catalog, pools=self.pools, auth=self.auth, limiter=self.limiter, admission=self.admission,
             meter=self.meter, count_prompt=PromptTokenCounter(catalog, settings.models_dir),
             max_retries=eng.max_retries, request_id_header=settings.server.request_id_header.encode(),
+            telemetry=self.telemetry,
         )
 
     async def start(self) -> None:
@@ -64,20 +84,36 @@ class Gateway:
                 backend = make_backend(spec.engine, url, **_backend_options(spec.engine, eng, spec.protocol))
                 await self.pools[name].add(backend)
             await self.pools[name].start()
+        await self.store.start()
+        await self.limiter.start()
         await self.meter.start()
+        tel = self.settings.telemetry
+        if self.telemetry.metrics is not None and tel.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            self._metrics_server = start_http_server(tel.metrics_port, tel.metrics_host, self.telemetry.metrics.registry)
 
     async def close(self) -> None:
+        if self._metrics_server is not None:
+            server, thread = self._metrics_server  # type: ignore[misc]
+            server.shutdown()
+            thread.join(timeout=5)
+            self._metrics_server = None
         await self.meter.close()
         for pool in self.pools.values():
             await pool.close()
         await self.admission.close()
         await self.limiter.close()
         await self.store.close()
+        self.telemetry.shutdown()
 
     def asgi(self) -> OpenAIApp:
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             await self.start()
+            # Everything built so far lives as long as the process: keep it out of the cyclic GC, whose
+            # full collections otherwise walk it all (measured: 25-28 ms pauses under load -> 0.5 ms).
+            gc.freeze()
             try:
                 yield
             finally:
@@ -97,6 +133,14 @@ class Gateway:
             ok = any(p["healthy"] for p in pools.values())
             return JSONResponse({"ready": ok, "pools": pools}, status_code=200 if ok else 503)
 
+        metrics, tel = self.telemetry.metrics, self.settings.telemetry
+        if metrics is not None and tel.metrics_port is None:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            @api.get(tel.metrics_path, include_in_schema=False)
+            async def prometheus_metrics() -> Response:  # on the loop: a consistent view of pools and queues
+                return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
         return OpenAIApp(self.pipeline, self.catalog, api, max_body_bytes=self.settings.server.max_body_bytes)
 
 
@@ -110,5 +154,6 @@ def _backend_options(engine: str, eng, protocol: str | None) -> dict:
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> OpenAIApp:
     """ASGI app for ``uvicorn --factory router.app:create_app``: settings from the environment."""
     settings = settings or Settings()
+    configure_logging(settings.telemetry)
     catalog = catalog or Catalog.load(settings.catalog_path)
     return Gateway(settings, catalog).asgi()

@@ -8,7 +8,7 @@ path (admin API, health, metrics, OpenAPI docs) falls through to the FastAPI app
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -41,7 +41,7 @@ class OpenAIApp:
         if scope["type"] != "http" or not path.startswith("/v1/"):
             await self.fallback(scope, receive, send)
             return
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = "req_" + os.urandom(16).hex()  # as unique as uuid4().hex, 4x cheaper
         method = scope["method"]
         try:
             kind = _POST_ROUTES.get(path)

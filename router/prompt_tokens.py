@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from models.catalog import Catalog, ModelSpec
-from models.tokenizer import count_chat, count_text, load_encoding
+from models.tokenizer import ModelEncoding, count_chat, count_text, load_encoding
 
 log = logging.getLogger("noor.tokens")
 
@@ -30,14 +30,39 @@ def find_tokenizer(spec: ModelSpec, models_dir: Path) -> Path | None:
 
 class PromptTokenCounter:
     def __init__(self, catalog: Catalog, models_dir: Path) -> None:
-        self._encodings = {}
+        self._encodings: dict[str, ModelEncoding] = {}
+        self._chat_overhead: dict[str, int] = {}
         for spec in catalog.models.values():
             path = find_tokenizer(spec, models_dir)
             if path is None:
                 if spec.tokenizer:
                     log.warning("no tokenizer.json found for model %s (%s); prompts go uncounted", spec.name, spec.tokenizer)
                 continue
-            self._encodings[spec.name] = load_encoding(path)
+            enc = self._encodings[spec.name] = load_encoding(path)
+            # The generation prompt's tokens and the default system message's (an empty chat renders both).
+            self._chat_overhead[spec.name] = count_chat(enc, [])
+
+    def upper_bound(self, model: str, body: dict, body_bytes: int) -> int | None:
+        """More tokens than the prompt can have, from the raw body's length alone (no tokenizing).
+
+        Byte-level BPE never makes more tokens than the text has UTF-8 bytes, and a JSON string is never
+        shorter than the UTF-8 text it encodes, so the body's byte length bounds every message's tokens;
+        the chat template adds per message at most 4 tokens the body does not spell (``<|im_start|>``,
+        ``\n``, ``<|im_end|>``, ``\n``), plus the generation prompt and the template's default system
+        message. Unicode normalisation can lengthen text, and content given as parts is rendered with
+        separators, so those get no bound (they are counted).
+        """
+        enc = self._encodings.get(model)
+        if enc is None:
+            return 0  # uncounted model: the engine judges the context length
+        if enc.normalization:
+            return None
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return body_bytes
+        if not all(isinstance(m.get("content"), str | None) for m in messages):
+            return None
+        return body_bytes + 4 * len(messages) + self._chat_overhead[model]
 
     def __call__(self, model: str, body: dict) -> int | None:
         enc = self._encodings.get(model)

@@ -28,8 +28,9 @@ def response_headers(ctx: RequestContext, content_type: bytes, request_id_header
 
 
 async def send_once(ctx: RequestContext, response: UpstreamResponse, send: Send, request_id_header: bytes) -> None:
-    ctx.first_token_at = time.perf_counter()
+    ctx.first_token_at = ctx.last_token_at = time.perf_counter()
     ctx.usage = response.usage
+    ctx.last_chunk = response.body
     await send({
         "type": "http.response.start",
         "status": response.status,
@@ -46,11 +47,13 @@ async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, 
         "headers": response_headers(ctx, b"text/event-stream", request_id_header)
         + [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")],
     })
-    include_usage, continuous = ctx.include_usage, ctx.continuous_usage
+    include_usage, continuous, capture = ctx.include_usage, ctx.continuous_usage, ctx.capture
+    clock = time.perf_counter
     try:
         async for chunk in stream:
+            t = clock()
             if ctx.first_token_at is None:
-                ctx.first_token_at = time.perf_counter()
+                ctx.first_token_at = t
                 if ctx.on_first_token is not None:
                     ctx.on_first_token()  # the engine is past the prompt: admission may pace the next one
             if chunk.usage is not None:
@@ -60,8 +63,13 @@ async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, 
                     continue
                 data = chunk.data
             else:
+                ctx.last_token_at, ctx.last_chunk = t, chunk.data
+                ctx.chunks += 1
+                if capture is not None:
+                    capture.append(chunk.data)
                 data = chunk.data if continuous else strip_usage(chunk.data)
             await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+            ctx.relay_s += clock() - t
     except StreamError as exc:
         ctx.status, ctx.outcome = exc.status, "error"
         event = b"data: " + error_body(str(exc), type=exc.error_type) + b"\n\n"

@@ -9,7 +9,8 @@ because billing rests on the engine's own counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from typing import Protocol
 
 import orjson
 
@@ -18,8 +19,14 @@ from router.context import RequestContext
 from router.errors import bad_request, model_forbidden, model_not_found
 from router.store.base import Identity
 
-#: (model name) -> counter of prompt tokens for a request body, or None when no tokenizer is known.
-PromptCounter = Callable[[str, dict], int | None]
+class PromptCounter(Protocol):
+    """Counts a request's prompt tokens with the model's tokenizer (router/prompt_tokens.py)."""
+
+    def __call__(self, model: str, body: dict) -> int | None:
+        """The exact count, or None when no tokenizer is known for ``model``."""
+
+    def upper_bound(self, model: str, body: dict, body_bytes: int) -> int | None:
+        """A count the prompt cannot exceed, found without tokenizing (None: no such bound)."""
 
 
 def parse_json(raw: bytes) -> dict:
@@ -68,8 +75,20 @@ def _max_tokens(body: dict) -> int | None:
     return None
 
 
-def validate(ctx: RequestContext, identity: Identity, catalog: Catalog, count_prompt: PromptCounter) -> None:
-    """Check ``ctx.body`` and fill the context; raises ``OpenAIError``."""
+def _count(count_prompt: PromptCounter, model: str, body: dict) -> int:
+    return count_prompt(model, body) or 0
+
+
+def validate(
+    ctx: RequestContext, identity: Identity, catalog: Catalog, count_prompt: PromptCounter, *,
+    body_bytes: int | None = None,
+) -> None:
+    """Check ``ctx.body`` and fill the context; raises ``OpenAIError``.
+
+    ``body_bytes`` (the raw body's length) lets the context-length check skip tokenizing when even
+    the largest prompt such a body can hold fits; the count is then left to ``ctx.prompt_tokens``'s
+    first reader, if any.
+    """
     body = ctx.body
     model_name = _require(body, "model", str, "a string")
     spec = catalog.models.get(model_name)  # type: ignore[arg-type]
@@ -103,16 +122,18 @@ def validate(ctx: RequestContext, identity: Identity, catalog: Catalog, count_pr
             f"max_tokens is too large: {requested}. This model supports at most {spec.context_length} completion tokens.",
             param="max_tokens", code="invalid_value",
         )
-    prompt_tokens = count_prompt(spec.name, body) or 0
-    if prompt_tokens >= spec.context_length or prompt_tokens + (requested or 0) > spec.context_length:
-        raise bad_request(
-            f"This model's maximum context length is {spec.context_length} tokens. However, you requested "
-            f"{prompt_tokens + (requested or 0)} tokens ({prompt_tokens} in the messages, {requested or 0} in the "
-            "completion). Please reduce the length of the messages or completion.",
-            param="messages" if ctx.kind == "chat" else "prompt", code="context_length_exceeded",
-        )
-    ctx.prompt_tokens = prompt_tokens
-    ctx.max_tokens = requested if requested is not None else (0 if ctx.kind == "embedding" else spec.context_length - prompt_tokens)
+    ctx.count_prompt = functools.partial(_count, count_prompt, spec.name, body)
+    ctx.max_tokens = requested  # None: whatever the prompt leaves of the context
+    bound = count_prompt.upper_bound(spec.name, body, body_bytes) if body_bytes is not None else None
+    if bound is None or bound >= spec.context_length or bound + (requested or 0) > spec.context_length:
+        prompt_tokens = ctx.prompt_tokens  # counted now
+        if prompt_tokens >= spec.context_length or prompt_tokens + (requested or 0) > spec.context_length:
+            raise bad_request(
+                f"This model's maximum context length is {spec.context_length} tokens. However, you requested "
+                f"{prompt_tokens + (requested or 0)} tokens ({prompt_tokens} in the messages, {requested or 0} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="messages" if ctx.kind == "chat" else "prompt", code="context_length_exceeded",
+            )
 
     body["model"] = spec.upstream_name
     if stream:

@@ -38,7 +38,6 @@ class Pool:
         self._metrics_interval_s = metrics_interval_s
         self._unhealthy_after = unhealthy_after
         self._tasks: list[asyncio.Task] = []
-        self._changed = asyncio.Event()
         #: Called after every health check and scrape: a queue waiting for capacity that changed outside
         #: this gateway (an engine drained, recovered, freed KV cache) moves at once, without polling.
         self.listeners: list[Callable[[], None]] = []

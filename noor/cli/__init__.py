@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from noor.cli import admin, up
+from noor.cli import admin, ledger, signoff, up
 
 app = typer.Typer(help="Noor: an OpenAI-compatible inference gateway for GPU clouds.", no_args_is_help=True)
 app.command("up")(up.up)
@@ -13,6 +13,8 @@ app.command("prepare-model")(up.prepare_model)
 app.add_typer(admin.tenants, name="tenants")
 app.add_typer(admin.keys, name="keys")
 app.command("usage")(admin.usage)
+app.command("ledger")(ledger.ledger)
+app.command("signoff")(signoff.signoff)
 
 
 def main() -> None:

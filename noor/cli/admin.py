@@ -31,7 +31,8 @@ keys = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_
 
 def _run(fn: Callable[[Store], Awaitable[T]]) -> T:
     async def go() -> T:
-        store = open_store(Settings().store_url)
+        settings = Settings()
+        store = open_store(settings.store_url, settings.store)
         try:
             return await fn(store)
         finally:

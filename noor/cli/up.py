@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,7 @@ from noor.settings import Settings
 from router.app import Gateway
 from router.keys import create_key
 from router.store import open_store
+from router.telemetry.logs import configure_logging
 
 console = Console()
 
@@ -49,7 +51,7 @@ def _free_port(host: str, start: int) -> int:
 
 
 async def _demo_key(settings: Settings, models: list[str]) -> tuple[str, str]:
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.store)
     try:
         tenant = await store.find_tenant("demo") or await store.create_tenant("demo", allowed_models=models)
         _, secret = await create_key(store, tenant.id, name="noor-up")
@@ -59,10 +61,15 @@ async def _demo_key(settings: Settings, models: list[str]) -> tuple[str, str]:
 
 
 def _serve(settings: Settings, catalog: Catalog) -> None:
+    configure_logging(settings.telemetry)
     uvicorn.run(
         Gateway(settings, catalog).asgi(), host=settings.server.host, port=settings.server.port,
         loop="uvloop", http="httptools", log_level="warning", access_log=False,
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def up(
@@ -71,8 +78,11 @@ def up(
 ) -> None:
     """Prepare the bundled model, start a local vLLM pool and the gateway, print a demo key. Ctrl-C stops all."""
     from models.prepare import prepare_smollm2
-    from serving.launcher.vllm import launch_pool
+    from serving.launcher.vllm import launch_pool, stop_all, wait_all_healthy
 
+    # SIGTERM (systemd, `timeout`, CI) must stop the engines too, not only Ctrl-C: without this the
+    # default handler would kill us before the `finally` below and leave vLLM running.
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = Settings()
     if port is not None:
         settings.server.port = port
@@ -91,36 +101,48 @@ def up(
     servers = launch_pool(
         model_dir, names, replicas=replicas or local.replicas, base_port=_free_port("127.0.0.1", local.base_port),
         max_model_len=local.max_model_len, kv_cache_gib=local.kv_cache_gib, max_num_seqs=local.max_num_seqs,
-        log_dir=settings.data_dir / "logs",
+        log_dir=settings.data_dir / "logs", cpu_threads_bind=local.cpu_threads_bind,
+        extra_args=["--enforce-eager"] if local.enforce_eager else [],
     )
     try:
-        for server in servers:
-            server.wait_healthy(local.startup_timeout_s, progress=True)
+        wait_all_healthy(servers, local.startup_timeout_s, progress=True)
         pool.endpoints = [s.url for s in servers]
         tenant_id, key = asyncio.run(_demo_key(settings, ["*"]))
         base = f"http://{settings.server.host}:{settings.server.port}"
         model = names[0]
         console.print(Panel.fit(
             f"Gateway:     {base}/v1   (engines: {', '.join(pool.endpoints)})\n"
-            f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n\n"
-            f"[bold]curl[/bold]\n"
-            f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
-            f"  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Say hello\"}}]}}'\n\n"
-            f"[bold]openai SDK[/bold]\n"
-            f"python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{key}'); "
-            f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)\"\n\n"
-            f"[bold]usage[/bold]\n"
-            f"curl {base}/admin/usage -H 'Authorization: Bearer {key}'\n\nCtrl-C stops the gateway and the engines.",
+            f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n"
+            "Ctrl-C stops the gateway and the engines.",
             title="Noor is up", border_style="green",
-        ), soft_wrap=True)
+        ))
+        # Plain print, not rich: the commands must survive copy-paste unwrapped at any terminal width.
+        body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
+        print(
+            f"\n# curl\ncurl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'\n"
+            f"\n# openai SDK\npython -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{key}'); "
+            f"print(c.chat.completions.create(model='{model}', max_tokens=32, "
+            f"messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)\"\n"
+            f"\n# your usage\ncurl {base}/admin/usage -H 'Authorization: Bearer {key}'\n",
+            flush=True,
+        )
         _serve(settings, catalog)
     finally:
         console.print("stopping engines…")
-        for server in servers:
-            server.stop()
+        stop_all(servers)
 
 
-def serve() -> None:
+def serve(
+    workers: Annotated[int, typer.Option(help="Gateway worker processes (one per core); they share the store.")] = 1,
+) -> None:
     """Run only the gateway, for engines listed in the catalog (NOOR_CATALOG_PATH)."""
     settings = Settings()
+    if workers > 1:
+        # Each worker builds its own gateway from the same environment.
+        uvicorn.run(
+            "router.app:create_app", factory=True, workers=workers, host=settings.server.host,
+            port=settings.server.port, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        )
+        return
     _serve(settings, Catalog.load(settings.catalog_path))

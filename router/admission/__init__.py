@@ -23,5 +23,13 @@ class Admission(abc.ABC):
     def release(self, ctx: RequestContext, endpoint: Endpoint) -> None:
         """The request left ``endpoint`` (finished, failed or cancelled); ``ctx.usage`` holds what it used."""
 
+    def queue_depths(self) -> dict[tuple[str, str], int]:
+        """Requests waiting now, by (pool, priority); read only when metrics are scraped.
+
+        A queueing admission also stamps ``ctx.dequeued_at`` when a request leaves its queue, so the
+        queue wait and the endpoint pick are told apart. No queue: nothing waits.
+        """
+        return {}
+
     async def close(self) -> None:
         pass

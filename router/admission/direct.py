@@ -1,9 +1,13 @@
 """Direct admission: no gateway queue; the engine's own queue absorbs bursts.
 
-The picking policy chooses among healthy endpoints; the request is counted in flight on it.
+The picking policy chooses among healthy endpoints; the request is counted in flight on it. With no
+queue, the request leaves "the queue" the moment it arrives: it stamps ``ctx.dequeued_at`` at once, so
+telemetry reports a zero queue wait and the whole admit call as the endpoint pick.
 """
 
 from __future__ import annotations
+
+import time
 
 from router.admission import Admission
 from router.context import RequestContext
@@ -18,6 +22,7 @@ class DirectAdmission(Admission):
         self.policy = policy
 
     async def admit(self, ctx: RequestContext, pool: Pool, exclude: frozenset[Endpoint] = frozenset()) -> Endpoint:
+        ctx.dequeued_at = time.perf_counter()
         candidates = [ep for ep in pool.endpoints if ep.healthy and ep not in exclude]
         endpoint = self.policy.pick(ctx, candidates) if candidates else None
         if endpoint is None:

@@ -2,7 +2,8 @@
 
 A limiter reserves a request's worst case (prompt tokens + max_tokens) up front, so a stream can never
 run past a limit, and gives back what was not used when the engine's real usage is known. Concrete
-limiters live one per file beside this one; the embedded default enforces nothing.
+limiters live one per file beside this one: ``local.py`` (one process, the embedded default) and
+``redis.py`` (shared by replicas); ``choose.py`` picks one from settings.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Limiter(abc.ABC):
     @abc.abstractmethod
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
         """Replace the reservation with the real usage (None: nothing was generated)."""
+
+    async def start(self) -> None:
+        """Start background work (the Redis limiter renews concurrency leases and replays settlements)."""
 
     async def close(self) -> None:
         pass

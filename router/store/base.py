@@ -128,6 +128,9 @@ def effective_models(tenant: Tenant, key: ApiKey) -> frozenset[str]:
 
 
 class Store(abc.ABC):
+    #: True when ``auth_epoch`` is a round trip to a server (the auth cache then overlaps it with others).
+    auth_epoch_is_remote: bool = False
+
     # tenants
     @abc.abstractmethod
     async def create_tenant(
@@ -185,6 +188,9 @@ class Store(abc.ABC):
         self, *, tenant_id: str | None = None, since: float | None = None, until: float | None = None,
         limit: int | None = None,
     ) -> list[UsageRecord]: ...
+
+    async def start(self) -> None:
+        """Start background work the store needs in a gateway (Redis: the usage-ledger aggregator)."""
 
     async def close(self) -> None:
         pass

@@ -44,17 +44,23 @@ class OpenAIStream(UpstreamStream):
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        content = self._response.content
+        # Whatever arrived, split into lines here: aiohttp's line iterator costs two readline() calls
+        # per SSE event (the event and its blank line), each a trip through its buffer machinery.
+        partial = b""
         try:
-            async for line in content:
-                if not line.startswith(b"data: "):
-                    continue
-                data = line[6:].rstrip()
-                if data == b"[DONE]":
-                    return
-                if data.startswith(b'{"error"') or data.startswith(b'{"object":"error"'):
-                    raise StreamError(_error_message(data))
-                yield StreamChunk(data=data, usage=usage_from_chunk(data), usage_only=is_usage_only(data))
+            async for data in self._response.content.iter_any():
+                lines = (partial + data if partial else data).split(b"\n")
+                partial = lines.pop()
+                for line in lines:
+                    if line.startswith(b"data: "):
+                        chunk = _chunk(line)
+                        if chunk is None:
+                            return
+                        yield chunk
+            if partial.startswith(b"data: "):  # a last line without its newline
+                chunk = _chunk(partial)
+                if chunk is not None:
+                    yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StreamError(f"engine stream broke: {exc!r}", status=502) from exc
         finally:
@@ -64,6 +70,16 @@ class OpenAIStream(UpstreamStream):
         # close(), not release(): the connection must go, so the engine sees the client leave and
         # aborts the request instead of generating tokens nobody reads.
         self._response.close()
+
+
+def _chunk(line: bytes) -> StreamChunk | None:
+    """The chunk a ``data: `` line carries; None at ``[DONE]``; ``StreamError`` for an error event."""
+    data = line[6:].rstrip()
+    if data == b"[DONE]":
+        return None
+    if data.startswith(b'{"error"') or data.startswith(b'{"object":"error"'):
+        raise StreamError(_error_message(data))
+    return StreamChunk(data=data, usage=usage_from_chunk(data), usage_only=is_usage_only(data))
 
 
 def _error_message(data: bytes) -> str:

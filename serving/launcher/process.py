@@ -159,15 +159,26 @@ class ManagedProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def rss_bytes(self) -> int:
-        """Resident memory of the whole process group (leader and children), from /proc."""
+        """Resident memory of the whole process group (leader and children), summed VmRSS.
+
+        Pages shared between the processes (libraries, shared memory) count once per process; see
+        ``pss_bytes`` for the fair share.
+        """
+        return self._sum_proc_field("status", "VmRSS:")
+
+    def pss_bytes(self) -> int:
+        """Proportional set size of the group: shared pages split between their users (Linux 4.14+)."""
+        return self._sum_proc_field("smaps_rollup", "Pss:")
+
+    def _sum_proc_field(self, file: str, key: str) -> int:
         if self._pgid is None:
             return 0
         total = 0
         for pid in group_members(self._pgid):
             try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+                for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                    if line.startswith(key):
+                        total += int(line.split()[1]) * 1024  # kB
                         break
             except OSError:
                 continue

@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from serving.launcher.process import ManagedProcess
@@ -29,6 +29,9 @@ from serving.launcher.process import ManagedProcess
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
+
+#: Health checks go straight to the local engine, never through an HTTP(S)_PROXY from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class EngineStartError(RuntimeError):
@@ -51,7 +54,14 @@ class VLLMServer:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
         gpu: str | None = None,
+        cpu_threads_bind: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        """``cpu_threads_bind`` sets ``VLLM_CPU_OMP_THREADS_BIND`` on CPU hosts: None keeps vLLM's
+        "auto", which pins the worker's threads to all CPUs but one (on a 2-CPU machine: CPU 0, for
+        every vLLM started there); "nobind" lets the OS place them, better where engines share a
+        small machine; "0-3" or similar pins explicitly. ``extra_env`` is added to the environment last.
+        """
         if not served_model_names:
             raise ValueError("served_model_names must name the model at least once")
         self.model_dir = Path(model_dir)
@@ -63,6 +73,8 @@ class VLLMServer:
         self.max_num_seqs = max_num_seqs
         self.extra_args = list(extra_args)
         self.gpu = gpu
+        self.cpu_threads_bind = cpu_threads_bind
+        self.extra_env = dict(extra_env or {})
         self.process = ManagedProcess(self.command(), env=self.environment(), log_path=log_path,
                                       name=f"vllm-{self.port}")
 
@@ -92,8 +104,11 @@ class VLLMServer:
         )
         if self.gpu is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gib)
+            if self.cpu_threads_bind is not None:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
         else:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        env.update(self.extra_env)
         return env
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -118,7 +133,7 @@ class VLLMServer:
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """One GET /health: True on 200."""
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout_s) as response:
+            with _DIRECT.open(f"{self.url}/health", timeout=timeout_s) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -153,8 +168,12 @@ class VLLMServer:
         self.process.stop(timeout_s=timeout_s)
 
     def rss_bytes(self) -> int:
-        """Resident memory of the server and its engine-core child."""
+        """Resident memory of the API server and its engine-core and worker children (summed RSS)."""
         return self.process.rss_bytes()
+
+    def pss_bytes(self) -> int:
+        """The same processes' proportional set size (shared pages counted once)."""
+        return self.process.pss_bytes()
 
     def __enter__(self) -> VLLMServer:
         if not self.process.running() and self.process.pid is None:
@@ -225,6 +244,8 @@ def launch_pool(
     extra_args: Sequence[str] = (),
     log_dir: Path | None = None,
     gpus: list[str] | None = None,
+    cpu_threads_bind: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
     start: bool = True,
 ) -> list[VLLMServer]:
     """Start vLLM replicas of one model on ports ``base_port``, ``base_port + 1``, …; return them.
@@ -251,7 +272,8 @@ def launch_pool(
             port = base_port + i
             server = VLLMServer(
                 model_dir, names, host=host, port=port, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,
-                max_num_seqs=max_num_seqs, extra_args=extra_args, gpu=gpu,
+                max_num_seqs=max_num_seqs, extra_args=extra_args, gpu=gpu, cpu_threads_bind=cpu_threads_bind,
+                extra_env=extra_env,
                 log_path=(Path(log_dir) / f"vllm-{port}.log") if log_dir else None,
             )
             servers.append(server)

@@ -375,7 +375,7 @@ class Engine:
             if k == 0 and seq.first_token_at is None:
                 seq.first_token_at = now
                 stats.prompt_tokens += seq.num_prompt_tokens
-                stats.ttft.observe(now - seq.arrival)
+                stats.ttft.observe(max(0.0, now - seq.arrival))
             if len(seq.output_ids) >= seq.target_output:
                 self._finish(seq, seq.stop_reason_at_target, now)
             produced.append(seq)
@@ -390,7 +390,7 @@ class Engine:
         seq.finish_reason = reason
         seq.finished_at = now
         self.stats.finished[reason] += 1
-        self.stats.e2e.observe(now - seq.arrival)
+        self.stats.e2e.observe(max(0.0, now - seq.arrival))
 
     def _preempt(self, seq: Sequence) -> None:
         """Recompute-style preemption: drop the KV, requeue at the head of the waiting queue."""

@@ -73,9 +73,11 @@ class EngineCollector(Collector):
         info = GaugeMetricFamily(
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",
-            labels=["block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"],
+            labels=["block_size", "num_gpu_blocks", "kv_cache_size_tokens", "enable_prefix_caching", "engine"],
         )
-        info.add_metric([str(p.block_size), str(p.num_blocks), str(p.enable_prefix_caching), "0"], 1.0)
+        info.add_metric(
+            [str(p.block_size), str(p.num_blocks), str(p.kv_capacity_tokens), str(p.enable_prefix_caching), "0"], 1.0
+        )
         yield info
 
 

@@ -40,6 +40,7 @@ from .profiles import Profile
 log = logging.getLogger(__name__)
 
 MAX_LAG_S = 0.25
+SHUTDOWN_TIMEOUT_S = 2.0
 SIM_VERSION = "0.32.0+noor.sim"
 
 
@@ -114,7 +115,9 @@ class SimulatorServer:
         """Bind, start the engine loop; returns the base URL (``http://host:port``, no ``/v1``)."""
         loop = asyncio.get_running_loop()
         self._t0 = loop.time()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -128,6 +131,7 @@ class SimulatorServer:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
+        """Stop the engine, end in-flight requests (as aborted), close the listener."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             try:
@@ -135,6 +139,11 @@ class SimulatorServer:
             except asyncio.CancelledError:
                 pass
             self._loop_task = None
+        now = self.sim_now()
+        for seq in [*self.engine.running, *self.engine.waiting]:
+            self.engine.abort(seq, now)
+            if seq.listener is not None:
+                seq.listener.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -395,7 +404,7 @@ class SimulatorServer:
     ) -> web.StreamResponse:
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-        continuous = include_usage and bool(options.get("continuous_usage_stats")) if isinstance(options, dict) else False
+        continuous = include_usage and bool(options.get("continuous_usage_stats"))
         created = int(time.time())
         model = self.model_name
         chat = kind == "chat"
@@ -430,7 +439,9 @@ class SimulatorServer:
                     "object": obj,
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+                    "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    ],
                 }
                 if continuous:
                     role["usage"] = usage(0)

@@ -84,11 +84,15 @@ def _encode_cached(text: str) -> tuple[int, ...]:
     return tuple(token_id(p) for p in pieces(text))
 
 
+def _encode(text: str) -> tuple[int, ...]:
+    if len(text) > 65536:  # do not pin huge one-off documents in the cache
+        return tuple(token_id(p) for p in pieces(text))
+    return _encode_cached(text)
+
+
 def encode(text: str) -> list[int]:
     """Token ids of ``text``. Repeated texts (system prompts, shared documents) are cached."""
-    if len(text) > 65536:  # do not pin huge one-off documents in the cache
-        return [token_id(p) for p in pieces(text)]
-    return list(_encode_cached(text))
+    return list(_encode(text))
 
 
 def count(text: str) -> int:
@@ -123,12 +127,12 @@ def encode_chat(messages: Sequence[Mapping[str, object]], *, add_generation_prom
     for message in messages:
         role = str(message.get("role", "user"))
         ids.append(_START_ID)
-        ids.extend(_encode_cached(role + "\n" + _content_text(message.get("content"))))
+        ids.extend(_encode(role + "\n" + _content_text(message.get("content"))))
         ids.append(_END_ID)
         ids.extend(_NEWLINE_IDS)
     if add_generation_prompt:
         ids.append(_START_ID)
-        ids.extend(_encode_cached("assistant\n"))
+        ids.extend(_encode("assistant\n"))
     return ids
 
 

@@ -17,7 +17,6 @@ from models.prepare import default_cache_dir, prepare_smollm2
 from noor.settings import Settings
 from router.app import Gateway
 from router.keys import create_key
-from serving.launcher.vllm import VLLMServer
 from tests.servers import ThreadedServer, free_port
 
 MODEL_A = "smollm2-135m-instruct"
@@ -32,14 +31,34 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_url(smollm2_dir: Path, tmp_path_factory) -> str:
+    """A real vLLM serving SmolLM2 as MODEL_A and MODEL_B.
+
+    For development, NOOR_TEST_VLLM_URL reuses one already running (started with both names); CI
+    always starts its own.
+    """
+    if os.environ.get("NOOR_TEST_VLLM_URL"):
+        yield os.environ["NOOR_TEST_VLLM_URL"]
+        return
+    from serving.launcher.vllm import VLLMServer
+
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VLLMServer(smollm2_dir, [MODEL_A, MODEL_B], port=free_port(), max_num_seqs=32, log_path=log)
+    # nobind: vLLM's CPU build pins its worker to core 0 by default, which on a 2-core machine shared with
+    # other engines starves it; eager mode skips minutes of compilation the tests don't need.
+    server = VLLMServer(
+        smollm2_dir, [MODEL_A, MODEL_B], port=free_port(), max_num_seqs=32, log_path=log,
+        cpu_threads_bind="nobind", extra_args=["--enforce-eager"],
+    )
     server.start()
     try:
-        server.wait_healthy(float(os.environ.get("NOOR_TEST_VLLM_TIMEOUT", "600")))
+        server.wait_healthy(float(os.environ.get("NOOR_TEST_VLLM_TIMEOUT", "900")))
         yield server.url
     finally:
+        pgid = server.process.pgid
         server.stop()
+    # The launcher's contract, checked on the real engine: stopping leaves no process of its group behind.
+    from serving.launcher.process import group_members
+
+    assert pgid is None or group_members(pgid) == []
 
 
 def make_catalog(vllm_url: str, tokenizer: Path, *, dead_url: str) -> Catalog:

@@ -239,3 +239,56 @@ async def test_run_simulators_in_process_with_async_client():
                 await c.close()
         assert all(r.usage.completion_tokens == 4 for r in results)
         assert [s.engine.stats.finished["length"] for s in urls.servers] == [4, 4, 4]
+
+
+# Key lists of vLLM 0.32's own pydantic models as its server serializes them (``model_dump_json(
+# exclude_unset=True)`` for chunks, ``model_dump()`` for full responses), captured from
+# vllm/entrypoints/openai/{chat_completion,completion}/protocol.py.
+VLLM_CHAT_ROLE_CHUNK = ["id", "object", "created", "model", "choices", "usage", "prompt_token_ids", "prompt_text"]
+VLLM_CHAT_ROLE_CHOICE = ["index", "delta", "logprobs", "finish_reason"]
+VLLM_CHAT_TOKEN_CHUNK = ["id", "object", "created", "model", "choices", "usage"]
+VLLM_CHAT_TOKEN_CHOICE = ["index", "delta", "logprobs", "finish_reason", "token_ids"]
+VLLM_CHAT_LAST_CHOICE = ["index", "delta", "logprobs", "finish_reason", "stop_reason", "token_ids"]
+VLLM_USAGE_CHUNK = ["id", "object", "created", "model", "choices", "usage"]
+VLLM_CHAT_RESPONSE = [
+    "id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
+    "prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params", "metrics",
+]
+VLLM_CHAT_MESSAGE = ["role", "content", "refusal", "annotations", "audio", "function_call", "reasoning"]
+VLLM_COMPLETION_CHOICE_CHUNK = ["index", "text", "logprobs", "finish_reason", "stop_reason", "prompt_token_ids", "token_ids"]
+
+
+def sse(url: str, body: dict) -> list[dict]:
+    import orjson
+
+    out = []
+    with httpx.stream("POST", url, json=body, timeout=10) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                out.append(orjson.loads(line[6:]))
+    return out
+
+
+def test_raw_json_has_vllms_exact_keys(sim_url: str):
+    chunks = sse(
+        sim_url + "/v1/chat/completions",
+        {"model": MODEL, "messages": MESSAGES, "max_tokens": 3, "ignore_eos": True, "stream": True,
+         "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+    )
+    role, *tokens, usage = chunks
+    assert list(role) == VLLM_CHAT_ROLE_CHUNK and list(role["choices"][0]) == VLLM_CHAT_ROLE_CHOICE
+    assert all(list(c) == VLLM_CHAT_TOKEN_CHUNK for c in tokens)
+    assert all(list(c["choices"][0]) == VLLM_CHAT_TOKEN_CHOICE for c in tokens[:-1])
+    assert list(tokens[-1]["choices"][0]) == VLLM_CHAT_LAST_CHOICE
+    assert list(usage) == VLLM_USAGE_CHUNK and list(usage["usage"]) == ["prompt_tokens", "total_tokens", "completion_tokens"]
+    assert list(tokens[0]["usage"]) == ["prompt_tokens", "total_tokens", "completion_tokens", "completion_tokens_details"]
+
+    plain = sse(sim_url + "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": True})
+    assert list(plain[0]) == ["id", "object", "created", "model", "choices", "prompt_token_ids", "prompt_text"]
+    assert all("usage" not in c for c in plain)
+
+    full = httpx.post(sim_url + "/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2}).json()
+    assert list(full) == VLLM_CHAT_RESPONSE and list(full["choices"][0]["message"]) == VLLM_CHAT_MESSAGE
+
+    comp = sse(sim_url + "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2, "stream": True})
+    assert all(list(c["choices"][0]) == VLLM_COMPLETION_CHOICE_CHUNK for c in comp)

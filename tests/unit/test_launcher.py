@@ -5,6 +5,7 @@ No engine is started here (see tests/e2e/test_vllm_launcher.py for the real one)
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -76,6 +77,9 @@ def test_vllm_command_and_environment_cpu(tmp_path: Path):
     assert cmd[-2:] == ["--seed", "1"] and "--kv-cache-memory-bytes" not in cmd
     env = server.environment()
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["HF_HUB_OFFLINE"] == "1"
+    assert env.get("VLLM_CPU_OMP_THREADS_BIND") == os.environ.get("VLLM_CPU_OMP_THREADS_BIND")  # untouched
+    bound = VLLMServer(tmp_path, ["a"], port=1, cpu_threads_bind="nobind", extra_env={"X_NOOR": "1"}).environment()
+    assert bound["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and bound["X_NOOR"] == "1"
     assert server.url == "http://127.0.0.1:8123"
 
 

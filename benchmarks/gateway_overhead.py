@@ -1,0 +1,450 @@
+"""What does the gateway add to a request, on one core? Noor and LiteLLM's proxy, side by side, same run.
+
+A fast stub engine (benchmarks/overhead/stub.py) stands in for vLLM; an open-loop load generator
+(benchmarks/overhead/loadgen.py) offers fixed rates (Poisson arrivals) and sends every arrival both
+straight to the stub ("direct") and through the gateway, at the same instant, so a stall of this shared
+machine lands on both, and "added" latency = through − direct at the same offered rate (``--no-paired``:
+one run after the other). The direct columns show the load generator holds the rate (achieved ≈ offered,
+and how late it sent: ``lag``).
+
+Pinning (``taskset -c``): the gateway runs as ONE worker on ``--gateway-cores`` (default core 1); the
+stub, the load generator and Redis (``--redis``) share ``--load-cores`` (default core 0).
+
+Reported:
+1. Non-streaming table: offered rate, achieved, errors, p50/p90/p99 direct and through, added p50/p99,
+   the gateway's CPU share and CPU per request; then two searches for the maximum rate: strict (p99
+   added < 10 ms, errors < 0.1 %) and capacity (p99 added < 100 ms, errors < 1 %).
+2. Streaming (64 chunks): added time to first chunk and added per-chunk transit at 16 concurrent
+   streams; 1,000 concurrent open streams on one worker.
+3. The same for LiteLLM's proxy (installed into its own venv on first use), one worker, same core;
+   ``--mini`` adds a minimal raw-ASGI + aiohttp proxy, the floor for any Python gateway.
+4. Worker scaling (``--workers-scaling N``): N workers on ``--scaling-cores`` against one.
+
+    python benchmarks/gateway_overhead.py --redis --rt 1 --mini --workers-scaling 2 --json out.json
+    python benchmarks/gateway_overhead.py --only noor --no-streams --hold 0 --rates 1000 --no-search
+
+Other work on the machine shares these cores: compare numbers within one run only. ``--nice -20``
+raises the benchmark's processes (their sessions' autogroups too, see overhead/procs.py) above other
+work; ``--rt 1`` runs them under SCHED_FIFO instead, so a woken process runs at once (on this VM a
+wake-up otherwise waited milliseconds). Both need root or CAP_SYS_NICE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from overhead import targets  # noqa: E402
+from overhead.procs import Proc, free_port, run_pinned, wait_http  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+#: name -> (p99 added below this many ms, errors below this share of requests)
+CRITERIA = {
+    "strict": (10.0, 0.001),  # the issue's: a rate the gateway sustains without hurting latency
+    "capacity": (100.0, 0.01),  # FACTS' looser one: the most it carries before it collapses
+}
+
+
+def meets(row: dict, criterion: str) -> bool:
+    max_added_p99, max_errors = CRITERIA[criterion]
+    via = row["via"]
+    return bool(
+        via["latency_ms"].get("n") and via["errors"] <= max_errors * max(1, via["sent"])
+        and row.get("added_p99", 1e9) < max_added_p99
+    )
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    log_dir: Path
+    stub_url: str = ""
+    hold_url: str = ""
+    procs: list[Proc] = field(default_factory=list)
+    measured: dict[str, dict[float, dict]] = field(default_factory=dict)  # target -> rate -> row
+
+    # ---- processes
+
+    def start(self, name: str, cmd: list[str], cores: str, env: dict | None = None) -> Proc:
+        proc = Proc(name, cmd, cores=cores, nice=self.args.nice, env=os.environ | (env or {}), log_dir=self.log_dir,
+                    cwd=targets.REPO, rt=self.args.rt)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def start_stubs(self) -> None:
+        port, hold_port = free_port(), free_port()
+        stub = self.start("stub", [PY, str(HERE / "overhead" / "stub.py"), "--port", str(port),
+                                   "--interval-ms", str(self.args.chunk_interval_ms)], self.args.load_cores)
+        hold = self.start("stub-hold", [PY, str(HERE / "overhead" / "stub.py"), "--port", str(hold_port),
+                                        "--interval-ms", str(self.args.hold_interval_ms)], self.args.load_cores)
+        self.stub_url, self.hold_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hold_port}"
+        wait_http(self.stub_url + "/health", 20, stub)
+        wait_http(self.hold_url + "/health", 20, hold)
+
+    def start_redis(self) -> str:
+        port = free_port()
+        exe = shutil.which("redis-server") or "redis-server"
+        proc = self.start("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                          self.args.load_cores)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+            if time.monotonic() > deadline or not proc.alive():
+                raise RuntimeError(f"redis-server did not start:\n{proc.tail()}")
+            time.sleep(0.1)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def start_target(self, target: targets.Target, cores: str) -> Proc:
+        proc = self.start(target.name, target.cmd, cores, target.env)
+        wait_http(target.url + target.ready_path, self.args.start_timeout, proc, target.ready_headers)
+        return proc
+
+    # ---- load
+
+    def loadgen(self, *argv: str) -> dict:
+        out = run_pinned([PY, str(HERE / "overhead" / "loadgen.py"), *argv], self.args.load_cores, self.args.nice,
+                         cwd=targets.REPO, rt=self.args.rt)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def rate(self, url: str, key: str | None, rate: float, model: str = targets.MODEL, baseline: str | None = None) -> dict:
+        conns = str(max(4, min(64, int(rate / 50))))
+        argv = ["rate", "--url", url, "--rate", str(rate), "--duration", str(self.args.duration),
+                "--warmup", str(self.args.warmup), "--connections", conns, "--model", model,
+                "--arrivals", self.args.arrivals, "--grace", str(self.args.grace)]
+        if key:
+            argv += ["--key", key]
+        if baseline:
+            argv += ["--baseline-url", baseline]
+        return self.loadgen(*argv)
+
+    def pair(self, target: targets.Target, proc: Proc, rate: float) -> dict:
+        """Direct and through the gateway at ``rate``, with the gateway's CPU share during the run.
+
+        Paired (the default), one load generator sends each arrival both ways at the same instant, so a
+        stall of the machine lands on both; otherwise direct runs first, then through.
+        """
+        direct = None if self.args.paired else self.rate(self.stub_url, None, rate)
+        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+        via = self.rate(target.url, target.key, rate, baseline=self.stub_url if self.args.paired else None)
+        if direct is None:
+            direct = via.pop("baseline")
+        cpu_s = proc.cpu_seconds() - cpu0
+        cpu = cpu_s / (time.monotonic() - t0)
+        row = {"offered": rate, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3),
+               "gateway_cpu_us_per_request": round(1e6 * cpu_s / max(1, via.get("sent_total", 1)), 1)}
+        d, v = direct["latency_ms"], via["latency_ms"]
+        if d.get("n") and v.get("n"):
+            row["added_p50"] = round(v["p50"] - d["p50"], 3)
+            row["added_p99"] = round(v["p99"] - d["p99"], 3)
+        row["sustained"] = meets(row, "strict")
+        row["carried"] = meets(row, "capacity")
+        print(fmt_row(row), flush=True)
+        self.measured.setdefault(target.name, {})[rate] = row
+        return row
+
+    def profile(self, target: targets.Target, proc: Proc, rate: float, out: Path) -> None:
+        """py-spy (from PyPI) samples the gateway while it serves ``rate``; collapsed stacks go to ``out``."""
+        spy = Proc("py-spy", [shutil.which("py-spy") or str(Path(PY).parent / "py-spy"), "record", "--pid", str(proc.pid), "--subprocesses",
+                              "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out),
+                              "--duration", str(int(self.args.duration + self.args.warmup))],
+                   cores=self.args.load_cores, log_dir=self.log_dir)
+        time.sleep(0.5)
+        self.rate(target.url, target.key, rate)
+        spy.popen.wait(30)
+        print(f"  profile at {rate:.0f} req/s → {out}", flush=True)
+
+    def table(self, target: targets.Target, proc: Proc, rates: list[float]) -> list[dict]:
+        return [self.pair(target, proc, r) for r in rates]
+
+    def search(self, target: targets.Target, proc: Proc, start: float, floor: float, criterion: str) -> dict:
+        """Largest rate meeting ``criterion``: grow ×1.25 from ``start`` until it fails, then bisect twice.
+
+        A rate already measured in this run (by the table or the other criterion's search) is reused.
+        """
+        rows: list[dict] = []
+        lo, hi, r = None, None, start
+        seen = self.measured.setdefault(target.name, {})
+
+        def at(rate: float) -> dict:
+            row = seen.get(rate) or self.pair(target, proc, rate)
+            rows.append(row)
+            return row
+
+        for _ in range(self.args.search_steps):
+            row = at(r)
+            if meets(row, criterion):
+                lo = r
+                if hi is not None:
+                    break
+                r = round(r * 1.25)
+            else:
+                hi = r
+                if lo is not None:
+                    break
+                if r / 1.25 < floor:
+                    break
+                r = round(r / 1.25)
+        for _ in range(self.args.refine if lo is not None and hi is not None else 0):
+            mid = round((lo + hi) / 2)
+            row = at(mid)
+            lo, hi = (mid, hi) if meets(row, criterion) else (lo, mid)
+        return {"criterion": criterion, "limits": CRITERIA[criterion], "max": lo, "first_failing": hi, "rows": rows}
+
+    def streams(self, target: targets.Target | None, concurrency: int) -> dict:
+        url, key = (target.url, target.key) if target else (self.stub_url, None)
+        argv = ["streams", "--url", url, "--concurrency", str(concurrency), "--duration", str(self.args.duration),
+                "--warmup", str(self.args.warmup), "--chunks", str(self.args.chunks), "--model", targets.MODEL]
+        return self.loadgen(*argv, *(["--key", key] if key else []))
+
+    def hold(self, target: targets.Target | None, n: int) -> dict:
+        url, key = (target.url, target.key) if target else (self.hold_url, None)
+        argv = ["hold", "--url", url, "--concurrency", str(n), "--ramp", str(self.args.hold_ramp),
+                "--chunks", str(self.args.chunks), "--model", "bench-hold", "--grace", "120"]
+        return self.loadgen(*argv, *(["--key", key] if key else []))
+
+    def stream_section(self, target: targets.Target, proc: Proc) -> dict:
+        direct = self.streams(None, 16)
+        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+        via = self.streams(target, 16)
+        cpu = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        out = {"concurrency": 16, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3)}
+        for what in ("ttft_ms", "chunk_transit_ms"):
+            d, v = direct[what], via[what]
+            if d.get("n") and v.get("n"):
+                out[f"added_{what}"] = {q: round(v[q] - d[q], 3) for q in ("p50", "p90", "p99")}
+        print(f"  streams x16: {json.dumps({k: v for k, v in out.items() if k.startswith('added')})} "
+              f"errors direct={direct['errors']} via={via['errors']} gw cpu={cpu:.0%}", flush=True)
+        return out
+
+    def hold_section(self, target: targets.Target, proc: Proc, n: int) -> dict:
+        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+        via = self.hold(target, n)
+        cpu = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        print(f"  hold {n} streams: ok={via['ok']} errors={via['errors']} max_open={via['max_open']} "
+              f"ttft p99={via['ttft_ms'].get('p99')} ms chunk transit p99={via['chunk_transit_ms'].get('p99')} ms "
+              f"gw cpu={cpu:.0%}", flush=True)
+        return {"streams": n, "via": via, "gateway_cpu": round(cpu, 3)}
+
+
+def fmt_ms(s: dict) -> str:
+    return f"{s['p50']:.2f} / {s['p90']:.2f} / {s['p99']:.2f}" if s.get("n") else "—"
+
+
+def fmt_row(row: dict) -> str:
+    d, v = row["direct"], row["via"]
+    added = f"{row['added_p50']:.2f} / {row['added_p99']:.2f}" if "added_p50" in row else "—"
+    return (
+        f"| {row['offered']:.0f} | {d['achieved']:.0f} | {fmt_ms(d['latency_ms'])} | {v['achieved']:.0f} | "
+        f"{v['errors']} | {fmt_ms(v['latency_ms'])} | {added} | {row['gateway_cpu']:.0%} "
+        f"({row['gateway_cpu_us_per_request']:.0f} µs/req) | "
+        f"{d['lag_ms'].get('p99', 0):.2f} / {v['lag_ms'].get('p99', 0):.2f} | "
+        f"{'yes' if row['sustained'] else 'no'} / {'yes' if row['carried'] else 'no'} |"
+    )
+
+
+TABLE_HEAD = (
+    "| offered req/s | direct achieved | direct p50 / p90 / p99 ms | via achieved | via errors | via p50 / p90 / p99 ms "
+    "| added p50 / p99 ms | gateway CPU | send lag p99 direct / via ms | strict / capacity |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def run_target(bench: Bench, name: str, make: callable, rates: list[float], search_from: float, floor: float,
+               gateway_cores: str, streams: bool, hold: int, criteria: str | None = None) -> dict:
+    target = make()
+    bench.measured.clear()  # rates measured are reused within one target's run only
+    print(f"\n## {name} (gateway on cores {gateway_cores}, load on {bench.args.load_cores})\n\n{TABLE_HEAD}", flush=True)
+    proc = bench.start_target(target, gateway_cores)
+    try:
+        if bench.args.profile and target.name == "noor":
+            bench.profile(target, proc, bench.args.profile_rate, bench.args.profile)
+        result: dict = {"cmd": target.cmd, "table": bench.table(target, proc, rates)}
+        for criterion in (criteria or bench.args.criteria).split(",") if bench.args.search else []:
+            added, errors = CRITERIA[criterion]
+            print(f"\nmax rate search, {criterion}: p99 added < {added:g} ms, errors < {errors:.1%}", flush=True)
+            found = bench.search(target, proc, search_from, floor, criterion)
+            result.setdefault("search", {})[criterion] = found
+            search_from = found["max"] or search_from
+            print(f"  → {criterion} max ≈ {found['max']} req/s", flush=True)
+        if streams:
+            result["streams"] = bench.stream_section(target, proc)
+        if hold:
+            result["hold"] = bench.hold_section(target, proc, hold)
+        return result
+    finally:
+        bench.stop(proc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["noor", "litellm", "both"], default="both")
+    ap.add_argument("--mini", action="store_true", help="also measure a minimal raw-ASGI + aiohttp proxy (the Python floor)")
+    ap.add_argument("--gateway-cores", default="1")
+    ap.add_argument("--load-cores", default="0")
+    ap.add_argument("--nice", type=int, default=0, help="niceness for every process started here (negative: above other work)")
+    ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority for every process started here (0: off)")
+    ap.add_argument("--rates", default="250,500,1000,1500,2000")
+    ap.add_argument("--litellm-rates", default="10,25,50,100")
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--grace", type=float, default=10.0)
+    ap.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson")
+    ap.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                    help="send each arrival direct and through at once (default) instead of one run after the other")
+    ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--search-steps", type=int, default=10)
+    ap.add_argument("--criteria", default="strict,capacity", help="which max-rate searches: strict, capacity or both")
+    ap.add_argument("--refine", type=int, default=2)
+    ap.add_argument("--streams", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--hold", type=int, default=1000, help="concurrent open streams to hold on one worker (0: skip)")
+    ap.add_argument("--hold-ramp", type=float, default=3.0)
+    ap.add_argument("--chunks", type=int, default=64)
+    ap.add_argument("--chunk-interval-ms", type=float, default=5.0)
+    ap.add_argument("--hold-interval-ms", type=float, default=100.0)
+    ap.add_argument("--redis", action="store_true", help="start a redis-server (on the load cores) as Noor's store and limiter")
+    ap.add_argument("--store-url", default=None, help="Noor's store (default: SQLite in a temp dir)")
+    ap.add_argument("--server", default="uvicorn", help="Noor's ASGI server(s): uvicorn (noor serve), granian, or both: uvicorn,granian")
+    ap.add_argument("--workers-scaling", type=int, default=0, help="also measure N workers on --scaling-cores")
+    ap.add_argument("--scaling-cores", default="0,1")
+    ap.add_argument("--no-tokenizer", action="store_true", help="serve without a tokenizer (prompts not counted)")
+    ap.add_argument("--noor-env", action="append", default=[], help="extra NAME=VALUE for Noor's environment")
+    ap.add_argument("--litellm-venv", type=Path, default=targets.DEFAULT_LITELLM_VENV)
+    ap.add_argument("--start-timeout", type=float, default=120.0)
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy Noor's worker into this file (collapsed stacks)")
+    ap.add_argument("--profile-rate", type=float, default=1000.0)
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    args = ap.parse_args()
+
+    rates = [float(r) for r in args.rates.split(",") if r]
+    run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
+    bench = Bench(args, run_dir)
+    report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
+        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt}}
+    tokenizer = None if args.no_tokenizer else targets.find_tokenizer()
+    extra_env = dict(kv.split("=", 1) for kv in args.noor_env)
+    print(f"# gateway overhead — logs in {run_dir}; tokenizer: {tokenizer or 'none'}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    try:
+        bench.start_stubs()
+        store_url = args.store_url or (bench.start_redis() if args.redis else None)
+        report["store"] = store_url or "sqlite"
+        stubs = {targets.MODEL: bench.stub_url, "bench-hold": bench.hold_url}
+
+        def make_noor(workers: int = 1, server: str = "uvicorn") -> targets.Target:
+            sub = run_dir / f"noor-{workers}w-{time.monotonic_ns()}"
+            return targets.noor(stubs, sub, free_port(), store_url=store_url, workers=workers, server=server,
+                                tokenizer=tokenizer, extra_env=extra_env)
+
+        servers = args.server.split(",")
+        if args.only in ("noor", "both"):
+            for server in servers:
+                name = "noor" if server == servers[0] else f"noor-{server}"
+                report[name] = run_target(bench, f"Noor ({server})", lambda s=server: make_noor(server=s), rates,
+                                          max(rates), 100, args.gateway_cores, args.streams, args.hold)
+                report[name]["server"] = server
+        if args.mini:
+            report["mini"] = run_target(bench, "minimal proxy (raw ASGI + aiohttp, no features)",
+                                        lambda: targets.mini(bench.stub_url, free_port()), rates, max(rates), 100,
+                                        args.gateway_cores, args.streams, 0)
+        if args.only in ("litellm", "both"):
+            print("\ninstalling/checking LiteLLM in", args.litellm_venv, flush=True)
+            targets.ensure_litellm(args.litellm_venv)
+            report["litellm_version"] = targets.litellm_version(args.litellm_venv)
+            lrates = [float(r) for r in args.litellm_rates.split(",") if r]
+            report["litellm"] = run_target(
+                bench, f"LiteLLM {report['litellm_version']}",
+                lambda: targets.litellm(bench.stub_url, run_dir / "litellm", free_port(), venv=args.litellm_venv),
+                lrates, lrates[len(lrates) // 2], min(lrates), args.gateway_cores, args.streams, 0,
+            )
+        if args.workers_scaling > 1:
+            n = args.workers_scaling
+            one = _max(report.get("noor"), "capacity") or max(rates)
+            print(f"\n## worker scaling: {n} workers on cores {args.scaling_cores} (one worker's capacity: {one})",
+                  flush=True)
+            # At one worker's capacity first (CPU per request, all workers together), then their own capacity.
+            report["scaling"] = run_target(bench, f"Noor ×{n}", lambda: make_noor(n, servers[0]), [one], one, 100,
+                                           args.scaling_cores, False, 0, criteria="capacity")
+            report["scaling"]["workers"] = n
+        report["machine"]["loadavg_end"] = os.getloadavg()
+        summarize(report)
+    finally:
+        bench.stop_all()
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+            print(f"\nfigures written to {args.json}")
+
+
+def _max(result: dict | None, criterion: str) -> float | None:
+    return ((result or {}).get("search") or {}).get(criterion, {}).get("max")
+
+
+def _at(result: dict | None, rate: float) -> dict | None:
+    return next((r for r in (result or {}).get("table", []) if r["offered"] == rate), None)
+
+
+def summarize(report: dict) -> None:
+    """The figures the issue asks for, and the ratios, all from this run."""
+    print("\n## summary (same run)")
+    named = [(k, report[k]) for k in report if k.startswith(("noor", "mini", "litellm")) and isinstance(report[k], dict)
+             and "table" in report[k]]
+    for name, result in named:
+        for criterion in CRITERIA:
+            m = _max(result, criterion)
+            if criterion in (result.get("search") or {}):
+                print(f"- {name}: {criterion} max rate {m if m is not None else 'none measured'} req/s")
+        row = _at(result, 1000.0)
+        if row and "added_p50" in row:
+            print(f"- {name} at 1,000 req/s: added p50 {row['added_p50']:.2f} ms, p99 {row['added_p99']:.2f} ms, "
+                  f"{row['gateway_cpu_us_per_request']:.0f} µs CPU per request")
+        st = result.get("streams")
+        if st and "added_ttft_ms" in st:
+            print(f"- {name} streams x16: added TTFT p50/p99 {st['added_ttft_ms']['p50']:.2f}/{st['added_ttft_ms']['p99']:.2f} ms, "
+                  f"added per-chunk p50/p99 {st['added_chunk_transit_ms']['p50']:.3f}/{st['added_chunk_transit_ms']['p99']:.3f} ms")
+        if result.get("hold"):
+            h = result["hold"]["via"]
+            print(f"- {name} {result['hold']['streams']} open streams: {h['ok']} ok, {h['errors']} errors, max open {h['max_open']}")
+    noor, lite, mini = report.get("noor"), report.get("litellm"), report.get("mini")
+    for criterion in CRITERIA:
+        n, l, m = _max(noor, criterion), _max(lite, criterion), _max(mini, criterion)
+        if n and l:
+            print(f"- {criterion} max rate, Noor / LiteLLM: {n / l:.0f}×")
+        if n and m:
+            print(f"- {criterion} max rate, Noor / minimal proxy: {n / m:.2f}")
+    sc = report.get("scaling")
+    n1 = _max(noor, "capacity")
+    if sc and n1 and _max(sc, "capacity"):
+        print(f"- {sc['workers']} workers: {_max(sc, 'capacity')} req/s = {_max(sc, 'capacity') / n1:.2f}× one worker (capacity)")
+
+
+if __name__ == "__main__":
+    main()

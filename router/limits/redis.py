@@ -1,0 +1,276 @@
+"""The limiter shared by every gateway replica: one atomic Redis round trip per request.
+
+``reserve`` runs one Lua script (registered once, then called by SHA) that checks a tenant's RPM, TPM,
+concurrency and budget buckets together and charges all of them or none, with Redis's own clock, so two
+replicas can never both take the last tokens, and N replicas enforce N tokens, not N times N. ``settle``
+runs one more to replace the reservation (prompt + max_tokens) by the engine's real usage, also for
+streams the client cut (the relay kept the running usage), so unused tokens go back at once.
+
+When Redis is away (the store's breaker is open):
+
+- ``on_store_failure="open"``: the request is checked by an in-process ``LocalLimiter`` holding
+  ``fail_open_share`` of each limit (its budget counters seeded with what Redis last reported); the
+  ``noor_limits_degraded`` gauge is 1 and a warning is logged. Budget tokens consumed meanwhile, and
+  settlements that could not reach Redis, are kept and applied when it returns, so a budget is not
+  silently widened by an outage.
+- ``on_store_failure="closed"``: 503 with ``retry-after``.
+
+Concurrency slots are leases: this replica renews the leases of its running requests every third of
+``lease_s``; a replica that dies stops renewing, and its slots free themselves within ``lease_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from prometheus_client import Counter, Gauge
+
+from router.context import RequestContext
+from router.limits import Limiter
+from router.limits.decision import Bucket, Decision, unavailable
+from router.limits.local import LocalLimiter
+from router.limits.periods import budget_period
+from router.limits.redis_scripts import CHARGE, RENEW, RESERVE, SETTLE
+from router.limits.reservation import Reservation, actual_tokens, limited, request_cost
+from router.store.base import TenantLimits
+from router.store.redis_link import Breaker, StoreUnavailable
+from router.store.redis_wire import PipelinedRedis
+from serving.backends.base import Usage
+
+if TYPE_CHECKING:
+    from noor.settings import LimitsSettings
+    from router.store.redis import RedisStore
+
+log = logging.getLogger("noor.limits")
+
+FALLBACKS = Counter("noor_limits_fallback", "Requests whose limits were checked locally because Redis was away")
+REFUSED_UNAVAILABLE = Counter("noor_limits_unavailable", "Requests refused (503) because Redis was away (fail-closed)")
+DEGRADED = Gauge("noor_limits_degraded", "1 while this replica enforces limits locally (Redis away, fail-open)")
+
+_BUDGET_SLACK_S = 86400  # a budget counter outlives its period by a day, for late settlements
+_MAX_BACKLOG = 100_000
+
+
+class RedisLimiter(Limiter):
+    #: Exported on the gateway's /metrics (they live in prometheus-client's default registry too).
+    collectors = (FALLBACKS, REFUSED_UNAVAILABLE, DEGRADED)
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        breaker: Breaker,
+        *,
+        prefix: str = "noor:",
+        window_s: float = 60.0,
+        lease_s: float = 60.0,
+        on_store_failure: Literal["open", "closed"] = "open",
+        fail_open_share: float = 1.0,
+        wire: PipelinedRedis | None = None,
+        autopipeline: bool = True,
+    ) -> None:
+        self._r = client
+        # reserve and settle, once per request, go through the pipelined client (router/store/redis_wire.py);
+        # without it (autopipeline=False), through redis-py, one round trip each.
+        self._own_wire = wire is None and autopipeline
+        self._wire = wire or (PipelinedRedis.like(client) if autopipeline else None)
+        self.breaker = breaker
+        self.prefix = prefix
+        self.window_ms = int(window_s * 1000)
+        self.lease_s = lease_s
+        self.on_store_failure = on_store_failure
+        self.fallback = LocalLimiter(window_s=window_s, share=fail_open_share)
+        self._reserve = client.register_script(RESERVE)
+        self._settle = client.register_script(SETTLE)
+        self._renew = client.register_script(RENEW)
+        self._charge = client.register_script(CHARGE)
+        self._running: dict[str, set[str]] = {}  # tenant -> request ids holding a concurrency lease here
+        self._unsettled: list[tuple[list[str], list]] = []  # settle calls that could not reach Redis
+        self._owed: dict[tuple[str, str], int] = {}  # (tenant, budget period) -> tokens served while degraded
+        self._seen_budget: dict[str, tuple[str, int]] = {}  # tenant -> (period, used) as Redis last said
+        self.degraded = False
+        self._task: asyncio.Task | None = None
+        breaker.on_recover(self._recovered)
+
+    @classmethod
+    def from_store(cls, store: RedisStore, settings: LimitsSettings) -> RedisLimiter:
+        return cls(
+            store.client, store.breaker, prefix=store.prefix, window_s=settings.window_s,
+            lease_s=settings.concurrency_lease_s, on_store_failure=settings.on_store_failure,
+            fail_open_share=settings.fail_open_share, wire=store.wire, autopipeline=store.wire is not None,
+        )
+
+    def _keys(self, tenant_id: str, budget_key: str | None) -> list[str]:
+        base = f"{self.prefix}rl:{{{tenant_id}}}:"
+        return [base + "rpm", base + "tpm", base + "tpm:amt", base + "conc",
+                base + "budget:" + (budget_key or "-"), base + "open"]
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._maintain(), name="limits-maintain")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._flush_backlog()
+        if self._own_wire and self._wire is not None:
+            await self._wire.close()
+
+    # ---- the request path
+    async def reserve(self, ctx: RequestContext) -> None:
+        ident = ctx.identity
+        if ident is None or not limited(ident.limits):
+            return
+        if self._task is None:
+            await self.start()
+        lim = ident.limits
+        cost = request_cost(ctx)
+        budget_key, reset_s = budget_period(lim.budget_period, time.time()) if lim.token_budget else (None, 0.0)
+        args = [ctx.request_id, cost, lim.requests_per_minute or 0, lim.tokens_per_minute or 0,
+                lim.max_concurrent or 0, lim.token_budget or 0, self.window_ms, int(self.lease_s * 1000),
+                int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
+        keys = self._keys(ident.tenant_id, budget_key)
+        try:
+            raw = await self.breaker.call(lambda: self._script(self._reserve, keys, args))
+        except StoreUnavailable:
+            await self._reserve_degraded(ctx, lim, cost)
+            return
+        decision = self._decision(raw, lim, cost, reset_s)
+        if budget_key is not None and decision.budget is not None:
+            self._seen_budget[ident.tenant_id] = (budget_key, decision.budget.used)
+        if not decision.allowed:
+            raise decision.error(ident.tenant_name)
+        ctx.headers.update(decision.headers())
+        ctx.reservation = Reservation(
+            ident.tenant_id, ctx.request_id, cost, tokens=bool(lim.tokens_per_minute),
+            concurrency=bool(lim.max_concurrent), budget_key=budget_key,
+        )
+        if lim.max_concurrent:
+            self._running.setdefault(ident.tenant_id, set()).add(ctx.request_id)
+
+    async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
+        res = ctx.reservation
+        if not isinstance(res, Reservation):
+            return
+        ctx.reservation = None
+        actual = actual_tokens(usage)
+        if res.local:
+            self.fallback.give_back(res, actual)
+            if res.budget_key is not None and actual:
+                owed = (res.tenant_id, res.budget_key)
+                self._owed[owed] = self._owed.get(owed, 0) + actual
+            return
+        if not (res.tokens or res.concurrency or res.budget_key):
+            return  # requests per minute only: nothing to give back, no round trip
+        if res.concurrency:
+            running = self._running.get(res.tenant_id)
+            if running is not None:
+                running.discard(res.request_id)
+                if not running:
+                    del self._running[res.tenant_id]
+        keys = self._keys(res.tenant_id, res.budget_key)
+        settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
+        try:
+            await self.breaker.call(lambda: self._script(self._settle, settle_keys, args))
+        except StoreUnavailable:
+            if len(self._unsettled) < _MAX_BACKLOG:
+                self._unsettled.append((settle_keys, args))
+
+    async def _script(self, script: AsyncScript, keys: list, args: list) -> object:
+        if self._wire is None:
+            return await script(keys=keys, args=args)
+        return await self._wire.evalsha(script.sha, script.script, keys, args)
+
+    def _decision(self, raw: list, lim: TenantLimits, cost: int, budget_reset_s: float) -> Decision:
+        allowed, reason, retry_ms, rpm_used, rpm_reset, tpm_used, tpm_reset, conc_used, bud_used = raw
+        reason = reason.decode() if isinstance(reason, bytes) else reason
+        d = Decision(allowed=bool(allowed), reason=reason or None, retry_after_s=retry_ms / 1000, cost=cost)
+        if lim.requests_per_minute:
+            d.requests = Bucket(lim.requests_per_minute, rpm_used, rpm_reset / 1000)
+        if lim.tokens_per_minute:
+            d.tokens = Bucket(lim.tokens_per_minute, tpm_used, tpm_reset / 1000)
+        if lim.max_concurrent:
+            d.concurrency = Bucket(lim.max_concurrent, conc_used, 0.0)
+        if lim.token_budget:
+            d.budget = Bucket(lim.token_budget, bud_used, budget_reset_s)
+        return d
+
+    # ---- Redis away
+    async def _reserve_degraded(self, ctx: RequestContext, lim: TenantLimits, cost: int) -> None:
+        ident = ctx.identity
+        assert ident is not None
+        if self.on_store_failure == "closed":
+            REFUSED_UNAVAILABLE.inc()
+            raise unavailable()
+        if not self.degraded:
+            self.degraded = True
+            DEGRADED.set(1)
+            log.warning("Redis away: enforcing limits locally on this replica (fail-open, share %.2f)", self.fallback.share)
+        FALLBACKS.inc()
+        seen = self._seen_budget.get(ident.tenant_id)
+        if seen is not None:
+            self.fallback.observe_budget(ident.tenant_id, *seen)
+        decision, res = self.fallback.take(ident.tenant_id, ctx.request_id, lim, cost)
+        if not decision.allowed:
+            raise decision.error(ident.tenant_name)
+        ctx.headers.update(decision.headers())
+        ctx.reservation = res
+
+    def _recovered(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            DEGRADED.set(0)
+            log.warning("Redis back: limits are shared across replicas again")
+
+    async def _flush_backlog(self) -> None:
+        """Apply settlements and budget usage that waited for Redis, oldest first."""
+        while self._unsettled:
+            keys, args = self._unsettled[0]
+            await self.breaker.call(lambda: self._settle(keys=keys, args=args))
+            self._unsettled.pop(0)
+        for owed_key, tokens in list(self._owed.items()):
+            tenant_id, budget_key = owed_key
+            keys = self._keys(tenant_id, budget_key)
+            await self.breaker.call(lambda: self._charge(keys=[keys[4]], args=[tokens, 40 * 86400]))
+            del self._owed[owed_key]
+            log.info("charged %d tokens served while Redis was away to %s's budget", tokens, tenant_id)
+
+    async def _renew_leases(self) -> None:
+        if not self._running:
+            return
+        lease_ms = int(self.lease_s * 1000)
+
+        async def go() -> None:
+            pipe = self._r.pipeline(transaction=False)
+            for tenant_id, running in self._running.items():
+                await self._renew(keys=[self._keys(tenant_id, None)[3]], args=[lease_ms, *running], client=pipe)
+            await pipe.execute()
+
+        await self.breaker.call(go)
+
+    async def _maintain(self) -> None:
+        next_renew = time.monotonic() + self.lease_s / 3
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                if self._unsettled or self._owed:
+                    await self._flush_backlog()
+                if time.monotonic() >= next_renew:
+                    next_renew = time.monotonic() + self.lease_s / 3
+                    await self._renew_leases()
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable:
+                pass
+            except Exception:
+                log.exception("limits maintenance failed")

@@ -1,0 +1,213 @@
+"""The request path's Redis client: one connection, every concurrent command pipelined on it.
+
+redis-py's asyncio client costs 65-80 µs of CPU per command here (measured with 8 callers: connection
+pool checkout and release, asyncio streams, retry and event machinery around every call), more than
+the rest of a proxied request. The few commands a request sends — the auth epoch ``GET`` and the
+limiter's two scripts — go through this instead: RESP written with ``hiredis.pack_command`` and read
+with ``hiredis.Reader`` on a plain asyncio protocol, replies matched to callers in order, commands from
+one loop iteration written together. 12 µs per command under the same load. Everything else (admin,
+ledger, pub/sub, key lookups) keeps using redis-py.
+
+Failures look like redis-py's to the callers' breaker: a lost connection fails every command waiting on
+it with ``ConnectionError``; a command unanswered within ``socket_timeout_s`` fails with ``TimeoutError``
+and drops the connection (later replies could no longer be matched); the next command reconnects.
+An error reply raises ``redis.exceptions.ResponseError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+_Waiter = tuple[asyncio.Future, asyncio.TimerHandle | None]
+
+
+class _Wire(asyncio.Protocol):
+    """One connection: writes commands, hands each reply to the oldest waiter."""
+
+    def __init__(self, on_lost) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.out: list[bytes] = []  # commands of this loop iteration, written together by flush()
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.out:
+            loop.call_soon(self.flush)
+        self.out.append(command)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(ConnectionError(f"Redis protocol error: {exc}"))
+                assert self.transport is not None
+                self.transport.abort()
+                return
+            if reply is False:
+                return
+            if not self.waiters:
+                continue
+            fut, timer = self.waiters.popleft()
+            if timer is not None:
+                timer.cancel()
+            if not fut.done():
+                if isinstance(reply, hiredis.ReplyError):
+                    fut.set_exception(ResponseError(str(reply)))
+                else:
+                    fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(ConnectionError(f"Redis connection lost: {exc!r}" if exc else "Redis closed the connection"))
+        self._on_lost(self)
+
+    def fail(self, exc: Exception) -> None:
+        while self.waiters:
+            fut, timer = self.waiters.popleft()
+            if timer is not None:
+                timer.cancel()
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+class PipelinedRedis:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
+        username: str | None = None, password: str | None = None, tls: ssl.SSLContext | None = None,
+        connect_timeout_s: float | None = 0.5, socket_timeout_s: float | None = 1.0,
+    ) -> None:
+        self._where = (host, port, path, tls)
+        self._hello: list[tuple] = []
+        if password:
+            self._hello.append(("AUTH", username, password) if username else ("AUTH", password))
+        if db:
+            self._hello.append(("SELECT", db))
+        self._connect_timeout_s = connect_timeout_s
+        self._socket_timeout_s = socket_timeout_s
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def like(cls, client: aioredis.Redis) -> PipelinedRedis:
+        """A pipelined client to the same Redis, with the same credentials and timeouts, as ``client``."""
+        kw = client.connection_pool.connection_kwargs
+        tls = None
+        if issubclass(client.connection_pool.connection_class, aioredis.SSLConnection):
+            tls = ssl.create_default_context()
+        return cls(
+            host=kw.get("host", "127.0.0.1"), port=kw.get("port", 6379), path=kw.get("path"), db=kw.get("db", 0) or 0,
+            username=kw.get("username"), password=kw.get("password"), tls=tls,
+            connect_timeout_s=kw.get("socket_connect_timeout"), socket_timeout_s=kw.get("socket_timeout"),
+        )
+
+    async def execute(self, *args: object) -> object:
+        """Send one command (pipelined with any others in flight) and return its reply."""
+        wire = self._wire if self._wire is not None else await self._connect()
+        loop = self._loop
+        assert loop is not None
+        fut = loop.create_future()
+        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, fut) if self._socket_timeout_s else None
+        wire.waiters.append((fut, timer))
+        wire.send(hiredis.pack_command(args), loop)
+        return await fut
+
+    async def execute_many(self, commands: list[tuple]) -> list[object]:
+        """Send several commands in one write and return their replies (an error reply raises)."""
+        if not commands:
+            return []
+        wire = self._wire if self._wire is not None else await self._connect()
+        loop = self._loop
+        assert loop is not None
+        futures = [loop.create_future() for _ in commands]
+        last = futures[-1]
+        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, last) if self._socket_timeout_s else None
+        wire.waiters.extend((fut, None) for fut in futures[:-1])
+        wire.waiters.append((last, timer))
+        for command in commands:
+            wire.send(hiredis.pack_command(command), loop)
+        try:
+            await last  # replies come in order: the last one answered means all were
+        finally:
+            errors = [f.exception() for f in futures if f.done() and not f.cancelled()]  # all retrieved
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return [fut.result() for fut in futures]
+
+    async def evalsha(self, sha: str, script: bytes | str, keys: list, args: list) -> object:
+        """Run a Lua script by its SHA, loading it first if this Redis has not seen it (NOSCRIPT)."""
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            await self.execute("SCRIPT", "LOAD", script)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        if self._wire is not None and self._wire.transport is not None:
+            self._wire.transport.close()
+        self._wire = None
+
+    # ---- internals
+    def _timed_out(self, wire: _Wire, fut: asyncio.Future) -> None:
+        if fut.done():
+            return
+        wire.fail(TimeoutError(f"Redis did not answer within {self._socket_timeout_s}s"))
+        if wire.transport is not None:
+            wire.transport.abort()
+
+    def _lost(self, wire: _Wire) -> None:
+        if self._wire is wire:
+            self._wire = None
+
+    async def _connect(self) -> _Wire:
+        if self._connecting is not None:
+            return await asyncio.shield(self._connecting)
+        self._loop = asyncio.get_running_loop()
+        self._connecting = self._loop.create_future()
+        try:
+            wire = await asyncio.wait_for(self._open(), self._connect_timeout_s)
+        except BaseException as exc:
+            if not isinstance(exc, OSError | TimeoutError | ResponseError):
+                exc = ConnectionError(f"Redis connect failed: {exc!r}")
+            self._connecting.set_exception(exc)
+            self._connecting.exception()  # retrieved: waiters, if any, get it through shield
+            self._connecting = None
+            raise exc from None
+        self._wire = wire
+        self._connecting.set_result(wire)
+        self._connecting = None
+        return wire
+
+    async def _open(self) -> _Wire:
+        host, port, path, tls = self._where
+        assert self._loop is not None
+        if path:
+            _, wire = await self._loop.create_unix_connection(lambda: _Wire(self._lost), path)
+        else:
+            _, wire = await self._loop.create_connection(lambda: _Wire(self._lost), host, port, ssl=tls)
+        for command in self._hello:
+            fut = self._loop.create_future()
+            wire.waiters.append((fut, None))
+            assert wire.transport is not None
+            wire.transport.write(hiredis.pack_command(tuple(a for a in command if a is not None)))
+            await fut
+        return wire
