@@ -87,6 +87,7 @@ class FairAdmission(Admission):
         #: prefill pacing: streamed requests admitted to one endpoint and not yet at their first token.
         self.max_starting = max_starting or 0
         self._starting: dict[Endpoint, int] = {}
+        self.priorities = list(priorities) or ["default"]
         self._ranks = {name: i for i, name in enumerate(priorities)}
         self._nclasses = max(1, len(priorities))
         self._pools: dict[str, _PoolQueue] = {}
@@ -131,6 +132,10 @@ class FairAdmission(Admission):
         """Requests waiting, in one pool or in all."""
         pools = [self._pools[pool]] if pool in self._pools else ([] if pool else self._pools.values())
         return sum(pq.size for pq in pools)
+
+    def queue_depths(self) -> dict[tuple[str, str], int]:
+        return {(name, self.priorities[rank]): vtc.size
+                for name, pq in self._pools.items() for rank, vtc in enumerate(pq.classes)}
 
     def counters(self, pool: str, rank: int = 0) -> dict[str, float]:
         """The virtual token counter of each tenant known in one pool and priority class."""
@@ -226,6 +231,7 @@ class _PoolQueue:
 
     def _place(self, ctx: RequestContext, room: list[Endpoint], vtc: VTCQueue, tenant: str) -> Endpoint:
         owner = self.owner
+        ctx.dequeued_at = time.perf_counter()
         ep = owner.policy.pick(ctx, room) or room[0]
         ep.inflight += 1
         owner.charge(ctx, vtc, tenant)

@@ -211,3 +211,19 @@ async def test_prefill_pacing_holds_the_next_stream_until_the_first_token():
     finish(adm, first, ep)
     finish(adm, second, ep)
     assert first.on_first_token is None
+
+
+async def test_queue_depths_by_pool_and_priority_and_the_dequeue_stamp():
+    adm, pool = admission(window=1), make_pool(1)
+    c0 = ctx()
+    ep = await adm.admit(c0, pool)
+    assert c0.dequeued_at is not None
+    waiters = [asyncio.ensure_future(adm.admit(ctx("b", priority=p), pool)) for p in ("batch", "batch", "interactive")]
+    await settle()
+    assert adm.queue_depths() == {("p", "interactive"): 1, ("p", "batch"): 2}
+    finish(adm, c0, ep)
+    await settle()
+    assert adm.queue_depths() == {("p", "interactive"): 0, ("p", "batch"): 2}
+    for w in waiters:
+        w.cancel()
+    await settle()
