@@ -27,7 +27,11 @@ def response_headers(ctx: RequestContext, content_type: bytes, request_id_header
     return headers
 
 
-async def send_once(ctx: RequestContext, response: UpstreamResponse, send: Send, request_id_header: bytes) -> None:
+async def send_once(
+    ctx: RequestContext, response: UpstreamResponse, send: Send, request_id_header: bytes,
+    before_end: Callable[[], None] | None = None,
+) -> None:
+    """Send a complete answer. ``before_end`` runs before its last bytes leave (the usage is known)."""
     ctx.first_token_at = time.perf_counter()
     ctx.usage = response.usage
     await send({
@@ -35,11 +39,17 @@ async def send_once(ctx: RequestContext, response: UpstreamResponse, send: Send,
         "status": response.status,
         "headers": response_headers(ctx, response.content_type.encode(), request_id_header),
     })
+    if before_end is not None:
+        before_end()
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, request_id_header: bytes) -> None:
-    """Relay ``stream`` as SSE. Cancellation (client gone) propagates; the caller closes the stream."""
+async def relay_stream(
+    ctx: RequestContext, stream: UpstreamStream, send: Send, request_id_header: bytes,
+    before_end: Callable[[], None] | None = None,
+) -> None:
+    """Relay ``stream`` as SSE. Cancellation (client gone) propagates; the caller closes the stream.
+    ``before_end`` runs before ``[DONE]`` is sent (the usage is final)."""
     await send({
         "type": "http.response.start",
         "status": 200,
@@ -64,4 +74,6 @@ async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, 
         ctx.status, ctx.outcome = exc.status, "error"
         event = b"data: " + error_body(str(exc), type=exc.error_type) + b"\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})
+    if before_end is not None:
+        before_end()
     await send({"type": "http.response.body", "body": _DONE})

@@ -9,6 +9,7 @@ limiters live one per file beside this one: ``local.py`` (one process, the embed
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 
 from router.context import RequestContext
 from serving.backends.base import Usage
@@ -28,6 +29,12 @@ class Limiter(abc.ABC):
 
     async def start(self) -> None:
         """Start background work (the Redis limiter renews concurrency leases and replays settlements)."""
+
+    def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None]:
+        """``settle``, started now where the limiter can (its store write goes out before this returns),
+        awaited later: the pipeline calls it before the response's last bytes, so a client that sends its
+        next request on receiving them finds its concurrency slot free. By default, ``settle`` itself."""
+        return self.settle(ctx, usage)
 
     async def close(self) -> None:
         pass
