@@ -56,12 +56,17 @@ class Pipeline:
         endpoint: Endpoint | None = None
         stream: UpstreamStream | None = None
         watch = _ClientWatch(disconnected)
-        settling: list[Awaitable[None]] = []
+        settling: list[asyncio.Future] = []
 
-        def settle_now() -> None:
+        def settle_now() -> asyncio.Future | None:
             # Before the last bytes: a client that sends its next request on receiving them must find
-            # its concurrency slot already given back.
-            settling.append(self.limiter.begin_settle(ctx, ctx.usage))
+            # its concurrency slot already given back (so that settle is waited for); other settles
+            # leave before the last bytes and are waited for after them.
+            if ctx.reservation is None:
+                return None  # nothing reserved (no limits): nothing to give back
+            wait = self.limiter.holds_slot(ctx)
+            settling.append(asyncio.ensure_future(self.limiter.begin_settle(ctx, ctx.usage)))
+            return settling[0] if wait else None
 
         try:
             endpoint, result = await self._open(ctx, pool)

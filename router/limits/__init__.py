@@ -31,10 +31,16 @@ class Limiter(abc.ABC):
         """Start background work (the Redis limiter renews concurrency leases and replays settlements)."""
 
     def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None]:
-        """``settle``, started now where the limiter can (its store write goes out before this returns),
-        awaited later: the pipeline calls it before the response's last bytes, so a client that sends its
-        next request on receiving them finds its concurrency slot free. By default, ``settle`` itself."""
+        """``settle``, started now where the limiter can (its store write queued before this returns, to
+        leave before the caller's next loop tick), awaited later: the pipeline calls it before the
+        response's last bytes, so a client that sends its next request on receiving them finds its
+        concurrency slot free. By default, ``settle`` itself."""
         return self.settle(ctx, usage)
+
+    def holds_slot(self, ctx: RequestContext) -> bool:
+        """Does the request hold a concurrency slot that must be free before its client sees the end of
+        the response? (The pipeline then waits for the settle before sending the last bytes.)"""
+        return False
 
     async def close(self) -> None:
         pass

@@ -165,9 +165,13 @@ class RedisLimiter(Limiter):
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
         await self.begin_settle(ctx, usage)
 
+    def holds_slot(self, ctx: RequestContext) -> bool:
+        res = ctx.reservation
+        return isinstance(res, Reservation) and res.concurrency and not res.local
+
     def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None]:
-        """The settle script is written to Redis before this returns (when the pipelined connection is up);
-        its reply is awaited by the returned awaitable."""
+        """The settle script is queued on the pipelined connection before this returns (it leaves before
+        any callback scheduled afterwards); its reply is awaited by the returned awaitable."""
         res = ctx.reservation
         if not isinstance(res, Reservation):
             return _nothing()
@@ -191,7 +195,7 @@ class RedisLimiter(Limiter):
         settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
         sent = None
         if self._wire is not None and not self.breaker.is_down:
-            sent = self._wire.send_now("EVALSHA", self._settle.sha, len(settle_keys), *settle_keys, *args)
+            sent = self._wire.queue("EVALSHA", self._settle.sha, len(settle_keys), *settle_keys, *args)
         return self._settled(sent, settle_keys, args)
 
     async def _settled(self, sent: asyncio.Future | None, settle_keys: list, args: list) -> None:

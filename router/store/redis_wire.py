@@ -128,17 +128,17 @@ class PipelinedRedis:
         wire.send(hiredis.pack_command(args), loop)
         return await fut
 
-    def send_now(self, *args: object) -> asyncio.Future | None:
-        """Write one command at once, with anything queued, and return its reply's future; None when not
-        connected (the caller then uses ``execute``). For a write that must precede another one."""
+    def queue(self, *args: object) -> asyncio.Future | None:
+        """Queue one command without waiting: it leaves with this loop iteration's others, before any
+        callback scheduled after this call runs. Its reply's future; None when not connected (the
+        caller then uses ``execute``)."""
         wire, loop = self._wire, self._loop
         if wire is None or loop is None or wire.transport is None or wire.transport.is_closing():
             return None
         fut = loop.create_future()
         timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, fut) if self._socket_timeout_s else None
         wire.waiters.append((fut, timer))
-        wire.out.append(hiredis.pack_command(args))
-        wire.flush()
+        wire.send(hiredis.pack_command(args), loop)
         return fut
 
     async def execute_many(self, commands: list[tuple]) -> list[object]:
