@@ -336,6 +336,7 @@ def main() -> None:
     ap.add_argument("--server", default="uvicorn", help="Noor's ASGI server(s): uvicorn (noor serve), granian, or both: uvicorn,granian")
     ap.add_argument("--workers-scaling", type=int, default=0, help="also measure N workers on --scaling-cores")
     ap.add_argument("--scaling-cores", default="0,1")
+    ap.add_argument("--concurrency-cap", action="store_true", help="give the bench tenant a (huge) concurrency cap too")
     ap.add_argument("--no-tokenizer", action="store_true", help="serve without a tokenizer (prompts not counted)")
     ap.add_argument("--noor-env", action="append", default=[], help="extra NAME=VALUE for Noor's environment")
     ap.add_argument("--litellm-venv", type=Path, default=targets.DEFAULT_LITELLM_VENV)
@@ -362,7 +363,8 @@ def main() -> None:
 
         def make_noor(workers: int = 1, server: str = "uvicorn") -> targets.Target:
             sub = run_dir / f"noor-{workers}w-{time.monotonic_ns()}"
-            return targets.noor(stubs, sub, free_port(), store_url=store_url, workers=workers, server=server,
+            limits = dict(targets.BENCH_LIMITS, **({"max_concurrent": 10**6} if args.concurrency_cap else {}))
+            return targets.noor(stubs, sub, free_port(), store_url=store_url, workers=workers, server=server, limits=limits,
                                 tokenizer=tokenizer, extra_env=extra_env)
 
         servers = args.server.split(",")

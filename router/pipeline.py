@@ -80,13 +80,25 @@ class Pipeline:
         endpoint: Endpoint | None = None
         stream: UpstreamStream | None = None
         watch = _ClientWatch(disconnected)
+        settling: list[asyncio.Future] = []
+
+        def settle_now() -> asyncio.Future | None:
+            # Before the last bytes: a client that sends its next request on receiving them must find
+            # its concurrency slot already given back (so that settle is waited for); other settles
+            # leave before the last bytes and are waited for after them.
+            if ctx.reservation is None:
+                return None  # nothing reserved (no limits): nothing to give back
+            wait = self.limiter.holds_slot(ctx)
+            settling.append(asyncio.ensure_future(self.limiter.begin_settle(ctx, ctx.usage)))
+            return settling[0] if wait else None
+
         try:
             endpoint, result = await self._open(ctx, pool)
             if isinstance(result, UpstreamResponse):
-                await send_once(ctx, result, send, self.request_id_header)
+                await send_once(ctx, result, send, self.request_id_header, settle_now)
             else:
                 stream = result
-                await relay_stream(ctx, stream, send, self.request_id_header)
+                await relay_stream(ctx, stream, send, self.request_id_header, settle_now)
             watch.stop()
         except asyncio.CancelledError:
             if not watch.client_left:
@@ -107,7 +119,7 @@ class Pipeline:
             # leaves _open holding an admitted endpoint, whose slot must still be given back.
             if ctx.endpoint is not None:
                 self.admission.release(ctx, ctx.endpoint)
-            await self._finish(ctx)
+            await self._finish(ctx, settling[0] if settling else None)
 
     async def _admit(self, ctx: RequestContext, raw_body: bytes, authorization: str | None, *, early: bool) -> Pool:
         """Authenticate, validate and reserve limits; the pool to serve from.
@@ -178,9 +190,9 @@ class Pipeline:
                 last = exc
         raise no_capacity(f"No engine in pool '{pool.name}' could serve this request ({last}).", status=502)
 
-    async def _finish(self, ctx: RequestContext) -> None:
+    async def _finish(self, ctx: RequestContext, settling: Awaitable[None] | None = None) -> None:
         try:
-            await self.limiter.settle(ctx, ctx.usage)
+            await (settling if settling is not None else self.limiter.settle(ctx, ctx.usage))
         except Exception:
             log.exception("settling limits failed for %s", ctx.request_id)
         if ctx.identity is not None and ctx.model is not None:

@@ -8,6 +8,7 @@ before it sees the chunk.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -27,7 +28,12 @@ def response_headers(ctx: RequestContext, content_type: bytes, request_id_header
     return headers
 
 
-async def send_once(ctx: RequestContext, response: UpstreamResponse, send: Send, request_id_header: bytes) -> None:
+async def send_once(
+    ctx: RequestContext, response: UpstreamResponse, send: Send, request_id_header: bytes,
+    before_end: Callable[[], Awaitable[None] | None] | None = None,
+) -> None:
+    """Send a complete answer. ``before_end`` runs before its last bytes leave (the usage is known); what
+    it returns is awaited first."""
     ctx.first_token_at = ctx.last_token_at = time.perf_counter()
     ctx.usage = response.usage
     ctx.last_chunk = response.body
@@ -36,11 +42,20 @@ async def send_once(ctx: RequestContext, response: UpstreamResponse, send: Send,
         "status": response.status,
         "headers": response_headers(ctx, response.content_type.encode(), request_id_header),
     })
+    if before_end is not None:
+        pending = before_end()
+        # Wait for what must be done before the client sees the end; else let what before_end queued
+        # (the limiter's settle) leave first.
+        await (pending if pending is not None else asyncio.sleep(0))
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, request_id_header: bytes) -> None:
-    """Relay ``stream`` as SSE. Cancellation (client gone) propagates; the caller closes the stream."""
+async def relay_stream(
+    ctx: RequestContext, stream: UpstreamStream, send: Send, request_id_header: bytes,
+    before_end: Callable[[], Awaitable[None] | None] | None = None,
+) -> None:
+    """Relay ``stream`` as SSE. Cancellation (client gone) propagates; the caller closes the stream.
+    ``before_end`` runs before ``[DONE]`` is sent (the usage is final); what it returns is awaited first."""
     await send({
         "type": "http.response.start",
         "status": 200,
@@ -74,4 +89,9 @@ async def relay_stream(ctx: RequestContext, stream: UpstreamStream, send: Send, 
         ctx.status, ctx.outcome = exc.status, "error"
         event = b"data: " + error_body(str(exc), type=exc.error_type) + b"\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})
+    if before_end is not None:
+        pending = before_end()
+        # Wait for what must be done before the client sees the end; else let what before_end queued
+        # (the limiter's settle) leave first.
+        await (pending if pending is not None else asyncio.sleep(0))
     await send({"type": "http.response.body", "body": _DONE})

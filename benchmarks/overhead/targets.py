@@ -26,8 +26,11 @@ ADMIN_TOKEN = "bench-admin-token"
 LITELLM_KEY = "sk-litellm-bench-master-key"
 DEFAULT_LITELLM_VENV = Path.home() / ".cache" / "noor" / "bench" / "litellm-venv"
 
-#: High enough never to refuse a benchmark request, but set, so the limiter does its real work.
-BENCH_LIMITS = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "max_concurrent": 10**6}
+#: High enough never to refuse a benchmark request, but set, so the limiter does its real work (the reserve
+#: script over both windows, the settle giving unused tokens back, the prompt counted for TPM). A
+#: concurrency cap (``--concurrency-cap``) adds one Redis round trip at the end of each response: the
+#: slot must be free before the client sees the end.
+BENCH_LIMITS = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12}
 
 
 @dataclass
@@ -48,7 +51,7 @@ def find_tokenizer() -> Path | None:
     return found[-1] if found else None
 
 
-async def _make_tenant(store_url: str) -> str:
+async def _make_tenant(store_url: str, limits: dict) -> str:
     from router.keys import create_key
     from router.store import open_store
     from router.store.base import TenantLimits
@@ -56,7 +59,7 @@ async def _make_tenant(store_url: str) -> str:
     store = open_store(store_url)
     try:
         tenant = await store.create_tenant(f"bench-{os.getpid()}-{time.monotonic_ns()}", allowed_models=["*"],
-                                           limits=TenantLimits(**BENCH_LIMITS))
+                                           limits=TenantLimits(**limits))
         _, secret = await create_key(store, tenant.id, name="bench")
         return secret
     finally:
@@ -64,7 +67,8 @@ async def _make_tenant(store_url: str) -> str:
 
 
 def noor(stub_urls: dict[str, str], data_dir: Path, port: int, *, store_url: str | None = None, workers: int = 1,
-         server: str = "uvicorn", tokenizer: Path | None = None, extra_env: dict[str, str] | None = None) -> Target:
+         server: str = "uvicorn", tokenizer: Path | None = None, extra_env: dict[str, str] | None = None,
+         limits: dict | None = None) -> Target:
     """Noor serving ``stub_urls`` (model name → stub URL, one pool each) on ``port``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -77,7 +81,7 @@ def noor(stub_urls: dict[str, str], data_dir: Path, port: int, *, store_url: str
     catalog = data_dir / "catalog.toml"
     catalog.write_text("\n".join(lines))
     store_url = store_url or f"sqlite:///{data_dir / 'noor.db'}"
-    key = asyncio.run(_make_tenant(store_url))
+    key = asyncio.run(_make_tenant(store_url, BENCH_LIMITS if limits is None else limits))
     env = {
         "NOOR_CATALOG_PATH": str(catalog), "NOOR_DATA_DIR": str(data_dir), "NOOR_STORE__URL": store_url,
         "NOOR_SERVER__ADMIN_TOKEN": ADMIN_TOKEN, "NOOR_SERVER__HOST": "127.0.0.1", "NOOR_SERVER__PORT": str(port),

@@ -9,6 +9,7 @@ limiters live one per file beside this one: ``local.py`` (one process, the embed
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 
 from router.context import RequestContext
 from serving.backends.base import Usage
@@ -28,6 +29,18 @@ class Limiter(abc.ABC):
 
     async def start(self) -> None:
         """Start background work (the Redis limiter renews concurrency leases and replays settlements)."""
+
+    def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None]:
+        """``settle``, started now where the limiter can (its store write queued before this returns, to
+        leave before the caller's next loop tick), awaited later: the pipeline calls it before the
+        response's last bytes, so a client that sends its next request on receiving them finds its
+        concurrency slot free. By default, ``settle`` itself."""
+        return self.settle(ctx, usage)
+
+    def holds_slot(self, ctx: RequestContext) -> bool:
+        """Does the request hold a concurrency slot that must be free before its client sees the end of
+        the response? (The pipeline then waits for the settle before sending the last bytes.)"""
+        return False
 
     async def close(self) -> None:
         pass

@@ -25,11 +25,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Literal
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from prometheus_client import Counter, Gauge
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from router.context import RequestContext
 from router.limits import Limiter
@@ -53,7 +55,12 @@ FALLBACKS = Counter("noor_limits_fallback", "Requests whose limits were checked 
 REFUSED_UNAVAILABLE = Counter("noor_limits_unavailable", "Requests refused (503) because Redis was away (fail-closed)")
 DEGRADED = Gauge("noor_limits_degraded", "1 while this replica enforces limits locally (Redis away, fail-open)")
 
-_BUDGET_SLACK_S = 86400  # a budget counter outlives its period by a day, for late settlements
+_BUDGET_SLACK_S = 86400
+
+
+async def _nothing() -> None:
+    return None
+  # a budget counter outlives its period by a day, for late settlements
 _MAX_BACKLOG = 100_000
 
 
@@ -159,9 +166,18 @@ class RedisLimiter(Limiter):
             self._running.setdefault(ident.tenant_id, set()).add(ctx.request_id)
 
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
+        await self.begin_settle(ctx, usage)
+
+    def holds_slot(self, ctx: RequestContext) -> bool:
+        res = ctx.reservation
+        return isinstance(res, Reservation) and res.concurrency and not res.local
+
+    def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None]:
+        """The settle script is queued on the pipelined connection before this returns (it leaves before
+        any callback scheduled afterwards); its reply is awaited by the returned awaitable."""
         res = ctx.reservation
         if not isinstance(res, Reservation):
-            return
+            return _nothing()
         ctx.reservation = None
         actual = actual_tokens(usage)
         if res.local:
@@ -169,9 +185,9 @@ class RedisLimiter(Limiter):
             if res.budget_key is not None and actual:
                 owed = (res.tenant_id, res.budget_key)
                 self._owed[owed] = self._owed.get(owed, 0) + actual
-            return
+            return _nothing()
         if not (res.tokens or res.concurrency or res.budget_key):
-            return  # requests per minute only: nothing to give back, no round trip
+            return _nothing()  # requests per minute only: nothing to give back, no round trip
         if res.concurrency:
             running = self._running.get(res.tenant_id)
             if running is not None:
@@ -180,8 +196,24 @@ class RedisLimiter(Limiter):
                     del self._running[res.tenant_id]
         keys = self._keys(res.tenant_id, res.budget_key)
         settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
+        sent = None
+        if self._wire is not None and not self.breaker.is_down:
+            sent = self._wire.queue("EVALSHA", self._settle.sha, len(settle_keys), *settle_keys, *args)
+        return self._settled(sent, settle_keys, args)
+
+    async def _settled(self, sent: asyncio.Future | None, settle_keys: list, args: list) -> None:
+        async def reply() -> object:
+            if sent is None:
+                return await self._script(self._settle, settle_keys, args)
+            try:
+                return await sent
+            except ResponseError as exc:  # NOSCRIPT: Redis restarted; evalsha loads it and runs it again
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                return await self._script(self._settle, settle_keys, args)
+
         try:
-            await self.breaker.call(lambda: self._script(self._settle, settle_keys, args))
+            await self.breaker.call(reply)
         except StoreUnavailable:
             if len(self._unsettled) < _MAX_BACKLOG:
                 self._unsettled.append((settle_keys, args))

@@ -47,7 +47,7 @@ class _Wire(asyncio.Protocol):
 
     def flush(self) -> None:
         out, self.out = self.out, []
-        if self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
@@ -127,6 +127,19 @@ class PipelinedRedis:
         wire.waiters.append((fut, timer))
         wire.send(hiredis.pack_command(args), loop)
         return await fut
+
+    def queue(self, *args: object) -> asyncio.Future | None:
+        """Queue one command without waiting: it leaves with this loop iteration's others, before any
+        callback scheduled after this call runs. Its reply's future; None when not connected (the
+        caller then uses ``execute``)."""
+        wire, loop = self._wire, self._loop
+        if wire is None or loop is None or wire.transport is None or wire.transport.is_closing():
+            return None
+        fut = loop.create_future()
+        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, fut) if self._socket_timeout_s else None
+        wire.waiters.append((fut, timer))
+        wire.send(hiredis.pack_command(args), loop)
+        return fut
 
     async def execute_many(self, commands: list[tuple]) -> list[object]:
         """Send several commands in one write and return their replies (an error reply raises)."""
