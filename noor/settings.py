@@ -170,9 +170,18 @@ class LocalEngineSettings(BaseModel):
 
 
 class TritonSettings(BaseModel):
-    """Triton endpoints and the local tritonserver (serving/launcher/triton.py)."""
+    """Triton endpoints and the local tritonserver (serving/launcher/triton.py) that ``noor up`` starts."""
 
-    protocol: Literal["grpc", "http"] = "grpc"
+    protocol: Literal["grpc", "http"] = Field(
+        default="grpc", description="Transport for Triton pools whose catalog entry names none."
+    )
+    local_embeddings: bool = Field(default=True, description="`noor up` serves the catalog's Triton embedding models.")
+    local_llm: bool = Field(
+        default=False,
+        description="`noor up` also serves the catalog's Triton LLM (a second copy of SmolLM2, on vLLM inside Triton).",
+    )
+    base_port: int = Field(default=8200, description="Local Triton's HTTP port (gRPC +1, metrics +2); next free if taken.")
+    startup_timeout_s: float = 900.0
     runtime_dir: Path | None = Field(
         default=None,
         description="venv holding tritonserver and numpy<2 for its Python-backend stub; None = data_dir/triton-runtime.",

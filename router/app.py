@@ -29,6 +29,7 @@ from router.store import open_store
 from router.store.base import Store
 from router.telemetry import Telemetry
 from router.telemetry.logs import configure_logging
+from router.backend_options import backend_options
 from serving.backends import make_backend
 from serving.pool import Pool
 
@@ -78,11 +79,10 @@ class Gateway:
         )
 
     async def start(self) -> None:
-        eng = self.settings.engine
         for name, spec in self.catalog.pools.items():
-            for url in spec.endpoints:
-                backend = make_backend(spec.engine, url, **_backend_options(spec.engine, eng, spec.protocol))
-                await self.pools[name].add(backend)
+            for endpoint in spec.endpoint_specs():
+                options = backend_options(self.catalog, spec, endpoint, self.settings)
+                await self.pools[name].add(make_backend(spec.engine, endpoint.url, **options))
             await self.pools[name].start()
         await self.store.start()
         await self.limiter.start()
@@ -142,13 +142,6 @@ class Gateway:
                 return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         return OpenAIApp(self.pipeline, self.catalog, api, max_body_bytes=self.settings.server.max_body_bytes)
-
-
-def _backend_options(engine: str, eng, protocol: str | None) -> dict:
-    if engine in ("vllm", "sim"):
-        return {"connect_timeout_s": eng.connect_timeout_s, "read_timeout_s": eng.read_timeout_s,
-                "health_timeout_s": eng.health_timeout_s}
-    return {"protocol": protocol} if protocol else {}
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> OpenAIApp:

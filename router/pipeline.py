@@ -158,7 +158,8 @@ class Pipeline:
     async def _open(self, ctx: RequestContext, pool: Pool) -> tuple[Endpoint, UpstreamResponse | UpstreamStream]:
         """Admit onto an endpoint and open the engine request, retrying elsewhere on retryable failures."""
         assert ctx.model is not None
-        request = UpstreamRequest(kind=ctx.kind, body=ctx.body, stream=ctx.stream, request_id=ctx.request_id)
+        request = UpstreamRequest(kind=ctx.kind, body=ctx.body, stream=ctx.stream, request_id=ctx.request_id,
+                                  public_model=ctx.model.name if ctx.model is not None else None)
         tried: set[Endpoint] = set()
         last: UpstreamError | None = None
         for _attempt in range(self.max_retries + 1):

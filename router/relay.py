@@ -87,6 +87,8 @@ async def relay_stream(
             ctx.relay_s += clock() - t
     except StreamError as exc:
         ctx.status, ctx.outcome = exc.status, "error"
+        if exc.usage is not None:  # the adapter's count of the partial answer (bills what was generated)
+            ctx.usage = exc.usage
         event = b"data: " + error_body(str(exc), type=exc.error_type) + b"\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})
     if before_end is not None:

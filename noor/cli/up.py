@@ -75,9 +75,17 @@ def _interrupt(signum: int, frame: object) -> None:
 def up(
     port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     replicas: Annotated[int | None, typer.Option(help="vLLM replicas (one per GPU on GPU hosts).")] = None,
+    embeddings: Annotated[
+        bool | None, typer.Option("--embeddings/--no-embeddings", help="Serve /v1/embeddings from a local Triton.")
+    ] = None,
+    triton_llm: Annotated[
+        bool | None, typer.Option("--triton-llm/--no-triton-llm", help="Also serve SmolLM2 through Triton.")
+    ] = None,
 ) -> None:
-    """Prepare the bundled model, start a local vLLM pool and the gateway, print a demo key. Ctrl-C stops all."""
+    """Prepare the bundled model, start a local vLLM pool (and Triton for embeddings) and the gateway, print a
+    demo key. Ctrl-C stops all."""
     from models.prepare import prepare_smollm2
+    from serving.launcher.local_triton import plan_local_triton, start_local_triton
     from serving.launcher.vllm import launch_pool, stop_all, wait_all_healthy
 
     # SIGTERM (systemd, `timeout`, CI) must stop the engines too, not only Ctrl-C: without this the
@@ -90,7 +98,13 @@ def up(
         raise typer.BadParameter(f"port {settings.server.port} is taken; pass --port")
     if settings.server.admin_token is None:
         settings.server.admin_token = "noor-admin-" + secrets.token_urlsafe(16)
-    catalog = Catalog.load(settings.catalog_path)
+    if embeddings is not None:
+        settings.triton.local_embeddings = embeddings
+    if triton_llm is not None:
+        settings.triton.local_llm = triton_llm
+    enabled = [name for name, on in (("local-triton-embed", settings.triton.local_embeddings),
+                                     ("local-triton-llm", settings.triton.local_llm)) if on]
+    catalog, triton_pools, triton_models = plan_local_triton(Catalog.load(settings.catalog_path), enabled_pools=enabled)
     pool = catalog.pools["local-vllm"]
     names = [m.upstream_name for m in catalog.models_in_pool(pool.name)]
     local = settings.local
@@ -104,8 +118,19 @@ def up(
         log_dir=settings.data_dir / "logs", cpu_threads_bind=local.cpu_threads_bind,
         extra_args=["--enforce-eager"] if local.enforce_eager else [],
     )
+    triton = None
     try:
+        if triton_models:
+            console.rule(f"starting Triton for {', '.join(triton_models)}")
+            triton = start_local_triton(
+                catalog, triton_pools, triton_models, smollm2_dir=model_dir,
+                base_port=settings.triton.base_port, log_dir=settings.data_dir / "logs",
+                runtime_dir=settings.triton_runtime_dir, enforce_eager=local.enforce_eager,
+            )
         wait_all_healthy(servers, local.startup_timeout_s, progress=True)
+        if triton is not None:
+            waited = triton.server.wait_ready(settings.triton.startup_timeout_s)
+            console.print(f"Triton ready ({waited:.0f} s): {triton.server.http_url}, gRPC {triton.server.grpc_url}")
         pool.endpoints = [s.url for s in servers]
         tenant_id, key = asyncio.run(_demo_key(settings, ["*"]))
         base = f"http://{settings.server.host}:{settings.server.port}"
@@ -118,9 +143,15 @@ def up(
         ))
         # Plain print, not rich: the commands must survive copy-paste unwrapped at any terminal width.
         body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
+        embedders = [m.name for m in catalog.models.values() if m.kind == "embedding"]
+        embed = (
+            f"\n# embeddings (Triton)\ncurl {base}/v1/embeddings -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{{\"model\": \"{embedders[0]}\", \"input\": \"Hello\"}}'\n"
+            if embedders else ""
+        )
         print(
             f"\n# curl\ncurl {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
-            f"-H 'Content-Type: application/json' -d '{body}'\n"
+            f"-H 'Content-Type: application/json' -d '{body}'\n{embed}"
             f"\n# openai SDK\npython -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{key}'); "
             f"print(c.chat.completions.create(model='{model}', max_tokens=32, "
             f"messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)\"\n"
@@ -130,6 +161,8 @@ def up(
         _serve(settings, catalog)
     finally:
         console.print("stopping engines…")
+        if triton is not None:
+            triton.server.stop()
         stop_all(servers)
 
 

@@ -40,7 +40,9 @@ class UpstreamRequest:
     """An OpenAI request on its way to one engine.
 
     ``body`` is the client's JSON object with ``model`` already rewritten to the engine's model name;
-    streaming requests already ask the engine for usage (``stream_options``).
+    streaming requests already ask the engine for usage (``stream_options``). ``public_model`` is the
+    name the client used, for adapters that build the OpenAI response themselves (Triton): the client
+    sees its own name back, whatever the engine calls the model.
     """
 
     kind: RequestKind
@@ -48,6 +50,7 @@ class UpstreamRequest:
     stream: bool
     request_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    public_model: str | None = None
 
 
 @dataclass(slots=True)
@@ -90,12 +93,17 @@ class StreamError(Exception):
     """The engine failed in the middle of a stream, after chunks already reached the client.
 
     The relay turns it into an OpenAI error event; the tokens generated so far are still billed.
+    ``usage`` is the usage up to the failure where the adapter knows it better than the last chunk did.
     """
 
-    def __init__(self, message: str, *, status: int = 500, error_type: str = "server_error") -> None:
+    def __init__(
+        self, message: str, *, status: int = 500, error_type: str = "server_error", usage: Usage | None = None
+    ) -> None:
         super().__init__(message)
+        self.message = message
         self.status = status
         self.error_type = error_type
+        self.usage = usage
 
 
 class UpstreamStream(abc.ABC):

@@ -13,8 +13,9 @@ against a model that does not report them, a ``count_tokens`` callable counts th
 
 Errors: anything before the first chunk raises ``UpstreamError`` (503 and retryable when the endpoint
 or model is unavailable, 400 when the request is wrong). An error after chunks went out (Triton sends
-it in the gRPC stream, or as an SSE ``{"error": ...}`` event under HTTP 200) ends the stream with
-``StreamError``; nothing more is yielded, so the relay can close the client's stream with an error.
+it in the gRPC stream, or as an SSE ``{"error": ...}`` event under HTTP 200) ends the stream with the
+common ``StreamError`` carrying the usage so far; nothing more is yielded, so the relay bills the
+partial answer and closes the client's stream with an OpenAI error event.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from serving.backends.base import (
     Backend,
     EngineSignals,
     StreamChunk,
+    StreamError,
     UpstreamError,
     UpstreamRequest,
     UpstreamResponse,
@@ -68,19 +70,6 @@ _CLIENT_FAULT = re.compile(
     re.I,
 )
 _UNAVAILABLE = re.compile(r"unknown model|is not found|not ready|unavailable|failed to connect|connection|shut", re.I)
-
-
-class StreamError(Exception):
-    """The engine failed after the stream had begun.
-
-    Chunks already yielded stand (and were billed); nothing follows. ``usage`` is the usage up to the
-    failure, so the relay can meter the partial answer and send the client an OpenAI error chunk.
-    """
-
-    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.usage = usage
 
 
 class _EngineError(Exception):
@@ -323,7 +312,8 @@ class TritonBackend(Backend):
     ``models`` are the Triton models this endpoint must have ready for ``health()``; requests name
     their model in ``body["model"]``. ``prompt_renderer`` turns chat messages into the model's prompt
     (the router passes the served model's chat template); ``count_tokens`` counts text where the model
-    reports no token counts. ``default_max_tokens`` is sent when a request sets none (NVIDIA's vLLM
+    reports no token counts. ``prompt_renderers`` / ``token_counters`` give them per Triton model name,
+    for an endpoint serving several models; a model not named there uses the two defaults. ``default_max_tokens`` is sent when a request sets none (NVIDIA's vLLM
     backend would otherwise stop at 16; our model runs to the context length, as OpenAI does).
     ``additional_outputs=False`` leaves out the ``return_*`` inputs for vLLM backends older than r24.12.
     """
@@ -340,6 +330,8 @@ class TritonBackend(Backend):
         models: Sequence[str] = (),
         prompt_renderer: PromptRenderer = chatml,
         count_tokens: TokenCounter | None = None,
+        prompt_renderers: Mapping[str, PromptRenderer] | None = None,
+        token_counters: Mapping[str, TokenCounter] | None = None,
         default_max_tokens: int | None = None,
         additional_outputs: bool = True,
         embedding_batch_size: int = 64,
@@ -358,6 +350,8 @@ class TritonBackend(Backend):
         self.models = tuple(models)
         self.prompt_renderer = prompt_renderer
         self.count_tokens = count_tokens
+        self.prompt_renderers = dict(prompt_renderers or {})
+        self.token_counters = dict(token_counters or {})
         self.default_max_tokens = default_max_tokens
         self.additional_outputs = additional_outputs
         self.embedding_batch_size = embedding_batch_size
@@ -396,13 +390,16 @@ class TritonBackend(Backend):
 
     # --- generation ------------------------------------------------------------------------------
 
+    def _counter(self, model: str) -> TokenCounter | None:
+        return self.token_counters.get(model, self.count_tokens)
+
     def _call(self, request: UpstreamRequest, *, stream: bool) -> GenerateCall:
         try:
             return generate_call(
                 request.kind,
                 request.body,
                 stream=stream,
-                render=self.prompt_renderer,
+                render=self.prompt_renderers.get(request.body.get("model"), self.prompt_renderer),
                 default_max_tokens=self.default_max_tokens,
             )
         except BadRequest as exc:
@@ -493,8 +490,8 @@ class TritonBackend(Backend):
             raise
         if first is None:
             raise upstream_error("Triton closed the stream without a response", 502)
-        shaper = OpenAIShaper(request.kind, model, request.request_id)
-        meter = UsageMeter(call.prompt, self.count_tokens)
+        shaper = OpenAIShaper(request.kind, request.public_model or model, request.request_id)
+        meter = UsageMeter(call.prompt, self._counter(model))
         return TritonStream(gen, first, shaper, meter, call.sampling.get("max_tokens"))
 
     async def complete(self, request: UpstreamRequest) -> UpstreamResponse:
@@ -502,7 +499,7 @@ class TritonBackend(Backend):
             return await self._embed(request)
         model = self._model(request)
         call = self._call(request, stream=False)
-        meter = UsageMeter(call.prompt, self.count_tokens)
+        meter = UsageMeter(call.prompt, self._counter(model))
         texts: list[str] = []
         finish: str | None = None
         if self.protocol == "http":
@@ -528,7 +525,7 @@ class TritonBackend(Backend):
                 await (gen.finish() if done else gen.cancel())
         usage = meter.usage(final=True)
         finish = infer_finish_reason(finish, usage.completion_tokens if usage else 0, call.sampling.get("max_tokens"))
-        body = OpenAIShaper(request.kind, model, request.request_id).response("".join(texts), finish, usage)
+        body = OpenAIShaper(request.kind, request.public_model or model, request.request_id).response("".join(texts), finish, usage)
         return UpstreamResponse(200, body, usage)
 
     async def _generate_http(self, model: str, call: GenerateCall, request_id: str) -> Piece:
@@ -560,7 +557,7 @@ class TritonBackend(Backend):
         vectors = np.concatenate([r[0] for r in results])
         counts = np.concatenate([r[1] for r in results])
         body, usage = embeddings_response(
-            model, vectors, counts, encoding_format=request.body.get("encoding_format")
+            request.public_model or model, vectors, counts, encoding_format=request.body.get("encoding_format")
         )
         return UpstreamResponse(200, body, usage)
 

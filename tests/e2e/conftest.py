@@ -124,3 +124,40 @@ class Tenants:
 @pytest.fixture(scope="session")
 def tenants(gateway) -> Tenants:
     return Tenants(gateway)
+
+
+# --- Triton ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def triton(smollm2_dir: Path, tmp_path_factory):
+    """A real Triton serving models/triton/ (SmolLM2 on vLLM with fault injection on, and MiniLM)."""
+    from serving.launcher.process import group_members
+    from tests.triton_servers import RunningTriton, full_triton
+
+    if os.environ.get("NOOR_TEST_TRITON"):
+        yield RunningTriton(os.environ["NOOR_TEST_TRITON"])
+        return
+    server = full_triton(smollm2_dir, tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    server.start()
+    try:
+        server.wait_ready(timeout_s=float(os.environ.get("NOOR_TEST_TRITON_TIMEOUT", "1200")))
+        yield server
+    finally:
+        pgid = server.pid
+        server.stop()
+    assert pgid is None or group_members(pgid) == [], "Triton left processes behind"
+
+
+@pytest.fixture(scope="session")
+def embed_triton(tmp_path_factory):
+    """An embeddings-only Triton (explicit model control) whose models a test may unload."""
+    from tests.triton_servers import embeddings_triton
+
+    server = embeddings_triton(tmp_path_factory.mktemp("embed-triton"))
+    server.start()
+    try:
+        server.wait_ready(timeout_s=600)
+        yield server
+    finally:
+        server.stop()

@@ -1,17 +1,13 @@
 """TritonBackend against a real Triton serving models/triton/ (SmolLM2 on vLLM, MiniLM embeddings).
 
-One tritonserver per module (vLLM's start dominates: minutes on a small, busy CPU host), with the
-smollm2 model's fault injection switched on so a test can make it fail mid-stream; a second,
-embeddings-only one (seconds to start) for unloading a model under a pool.
+The servers are the session's (tests/e2e/conftest.py: ``triton``, ``embed_triton``), shared with the
+gateway's Triton tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,81 +17,19 @@ import pytest_asyncio
 
 from serving.backends.base import UpstreamError, UpstreamRequest
 from serving.backends.triton import StreamError, TritonBackend, TritonSignals
-from serving.launcher.triton import TritonServer, _group_alive
+from serving.launcher.triton import TritonServer
+from tests.servers import free_port as _free_port
+from tests.triton_servers import metric as _metric
+from tests.triton_servers import repository_call
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2] / "models" / "triton"
 PROMPT_MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _smollm2_dir() -> Path | None:
-    """The prepared SmolLM2 folder, found as the Triton model finds it."""
-    if os.environ.get("NOOR_SMOLLM2_DIR"):
-        return Path(os.environ["NOOR_SMOLLM2_DIR"])
-    roots = [Path.home() / ".local/share/noor/models", Path.home() / ".cache/noor/models"]
-    found = [
-        d
-        for root in roots
-        if root.is_dir()
-        for d in root.glob("smollm2-135m-instruct*")
-        if any((d / m).exists() for m in (".noor-prepared.json", ".complete"))
-    ]
-    return max(found, key=lambda d: d.stat().st_mtime) if found else None
-
-
 @pytest.fixture(scope="module")
-def model_dir() -> Path:
-    found = _smollm2_dir()
-    if found is None:
-        pytest.skip("no prepared SmolLM2 folder (run models/prepare.py or set NOOR_SMOLLM2_DIR)")
-    return found
-
-
-class _Running:
-    """A Triton someone already started (NOOR_TEST_TRITON="http_port,grpc_port,metrics_port,log_path"),
-    for iterating on these tests without waiting minutes for vLLM; it must run with the same env."""
-
-    def __init__(self, spec: str) -> None:
-        http, grpc, metrics, log = spec.split(",")
-        self.http_url, self.grpc_url = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}"
-        self.metrics_url, self.log_path = f"http://127.0.0.1:{metrics}/metrics", Path(log)
-
-
-@pytest.fixture(scope="module")
-def triton(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    if os.environ.get("NOOR_TEST_TRITON"):
-        yield _Running(os.environ["NOOR_TEST_TRITON"])
-        return
-    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(
-        REPO,
-        http_port=_free_port(),
-        grpc_port=_free_port(),
-        metrics_port=_free_port(),
-        log_path=log,
-        env={
-            "NOOR_SMOLLM2_DIR": str(model_dir),
-            "NOOR_TRITON_FAULT_INJECTION": "1",
-            # torch.compile's warm-up costs minutes here; eager decoding is fast enough for tests.
-            "NOOR_VLLM_ENFORCE_EAGER": "1",
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-        },
-    )
-    server.start()
-    try:
-        server.wait_ready(timeout_s=1200)
-        yield server
-    finally:
-        pid = server.pid
-        server.stop()
-        assert pid is None or not _group_alive(pid), "Triton left processes behind"
+def model_dir(smollm2_dir: Path) -> Path:
+    return smollm2_dir
 
 
 def _backend(triton: TritonServer, protocol: str, **kw) -> TritonBackend:
@@ -129,15 +63,6 @@ def tokenizer(model_dir: Path):
 
 def _req(kind: str, body: dict, *, stream: bool = False, rid: str = "t") -> UpstreamRequest:
     return UpstreamRequest(kind=kind, body=body, stream=stream, request_id=rid)
-
-
-def _metric(triton: TritonServer, name: str, model: str) -> float:
-    text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and f'model="{model}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def _collect(stream) -> list[dict]:
@@ -351,40 +276,12 @@ async def test_signals(grpc_backend: TritonBackend):
         await stream.aclose()
 
 
-@pytest.fixture(scope="module")
-def embed_triton(tmp_path_factory: pytest.TempPathFactory):
-    """A second, embeddings-only Triton whose models a test may unload: two copies of minilm, so one
-    pool's model can go away while the other's stays. (Kept apart from the vLLM server: reloading a
-    model there shortly before shutdown has stalled the other model's unload.)"""
-    import shutil
-
-    repo = tmp_path_factory.mktemp("embed-repo")
-    shutil.copytree(REPO / "minilm", repo / "minilm")
-    shutil.copytree(REPO / "minilm", repo / "minilm_b")
-    config = repo / "minilm_b" / "config.pbtxt"
-    config.write_text(config.read_text().replace('name: "minilm"', 'name: "minilm_b"'))
-    server = TritonServer(
-        repo,
-        http_port=_free_port(),
-        grpc_port=_free_port(),
-        metrics_port=_free_port(),
-        log_path=repo / "tritonserver.log",
-        model_control_mode="explicit",
-    )
-    server.start()
-    try:
-        server.wait_ready(timeout_s=600)
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_model_not_ready_makes_the_endpoint_unhealthy(embed_triton: TritonServer):
     gone = _backend(embed_triton, "http", models=["minilm"])
     other = _backend(embed_triton, "grpc", models=["minilm_b"])
     try:
         assert await gone.health() and await other.health()
-        _post(f"{embed_triton.http_url}/v2/repository/models/minilm/unload")
+        repository_call(embed_triton, "minilm", "unload")
         for _ in range(120):
             if not await gone.model_ready("minilm"):
                 break
@@ -397,17 +294,13 @@ async def test_model_not_ready_makes_the_endpoint_unhealthy(embed_triton: Triton
         assert err.value.status == 503 and err.value.retryable
         assert orjson.loads(err.value.body)["error"]["type"] == "service_unavailable"
 
-        _post(f"{embed_triton.http_url}/v2/repository/models/minilm/load")
+        repository_call(embed_triton, "minilm", "load")
         assert await gone.health()
         response = await gone.complete(_req("embedding", {"model": "minilm", "input": "back again"}))
         assert response.status == 200
     finally:
         await gone.close()
         await other.close()
-
-
-def _post(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=600).read()
 
 
 async def test_unreachable_endpoint(triton: TritonServer):
