@@ -1,18 +1,20 @@
-"""Embeddings throughput and latency straight to Triton (and, once wired, through the gateway).
+"""Embeddings throughput and latency through the gateway vs straight to Triton, side by side.
 
-Closed-loop load: C workers each send one-text /v1/embeddings-sized requests back to back for a fixed
-time, at C = 1, 16, 64. Reports requests/s, p50/p99 latency, and the batch sizes Triton's dynamic
-batcher formed during each level (from ``/v2/models/minilm/stats``: executions per batch size), which
-is why concurrency 64 should beat concurrency 1 by far.
+Closed-loop load: C workers each send one-text /v1/embeddings requests back to back for a fixed time,
+at C = 1, 16, 64; at each level the direct and the gateway runs alternate (``--rounds``), so drift in
+this shared machine's load hits both. Reports requests/s, p50/p99 latency, and the batch sizes Triton's
+dynamic batcher formed during each run (from ``/v2/models/minilm/stats``: executions per batch size),
+which is why concurrency 64 should beat concurrency 1 by far; then the ratio gateway/direct.
 
 Targets:
-* ``direct``  - TritonBackend (gRPC by default) to a Triton this script starts on models/triton/
-  (or ``--triton-http/--triton-grpc`` for one already running).
-* ``gateway`` - an OpenAI /v1/embeddings URL (``--gateway-url``, ``--api-key``): the hook for the
-  gateway comparison; ratio gateway/direct is printed when both ran.
+* ``direct``  - Noor's TritonBackend (gRPC by default) in this process, to a Triton this script starts
+  on models/triton/ (only the embedding model), or ``--triton-http/--triton-grpc`` for one running.
+* ``gateway`` - the OpenAI ``/v1/embeddings`` of a Noor gateway this script starts as its own process
+  (``noor serve``: SQLite store, a tenant with limits set, metering on, a Triton pool over gRPC) on the
+  same Triton; or ``--gateway-url/--api-key/--gateway-model`` for one running. ``--no-gateway`` skips it.
 
-    python -m benchmarks.triton_embeddings --duration 10
-    python -m benchmarks.triton_embeddings --gateway-url http://127.0.0.1:8000 --api-key sk-...
+    python -m benchmarks.triton_embeddings                  # ~3 min: 3 levels x 2 targets x rounds x duration
+    python -m benchmarks.triton_embeddings --duration 5 --rounds 1
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -146,6 +150,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_gateway(http_url: str, grpc_url: str, metrics_url: str | None, protocol: str, model: str, work: Path):
+    """``noor serve`` in its own process with one Triton pool; returns (process, base URL, API key)."""
+    import sys
+
+    from benchmarks.overhead.procs import Proc, wait_http
+    from benchmarks.overhead.targets import BENCH_LIMITS, _make_tenant
+
+    endpoint = f'{{ url = "{http_url}", grpc_url = "{grpc_url}"' + (f', metrics_url = "{metrics_url}"' if metrics_url else "") + " }"
+    (work / "catalog.toml").write_text(
+        f'[pools.embed]\nengine = "triton"\nprotocol = "{protocol}"\nendpoints = [{endpoint}]\n\n'
+        f'[models."{model}"]\npool = "embed"\nkind = "embedding"\n'
+    )
+    store_url = f"sqlite:///{work / 'noor.db'}"
+    key = asyncio.run(_make_tenant(store_url, BENCH_LIMITS))
+    port = _free_port()
+    env = {**os.environ, "NOOR_CATALOG_PATH": str(work / "catalog.toml"), "NOOR_DATA_DIR": str(work),
+           "NOOR_STORE__URL": store_url, "NOOR_SERVER__PORT": str(port), "NOOR_SERVER__HOST": "127.0.0.1",
+           "NOOR_TELEMETRY__ACCESS_LOG": "false"}
+    proc = Proc("gateway", [sys.executable, "-m", "noor", "serve"], cores=None, env=env, log_dir=work)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/ready", 120, proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url, key
+
+
 async def main_async(args: argparse.Namespace) -> list[Level]:
     import aiohttp
 
@@ -168,23 +200,50 @@ async def main_async(args: argparse.Namespace) -> list[Level]:
         http_url, grpc_url = server.http_url, server.grpc_url
     backend = TritonBackend(http_url, grpc_url=grpc_url, protocol=args.protocol)
     levels: list[Level] = []
+    gateway_proc = None
+    gateway_url, api_key, gateway_model = args.gateway_url, args.api_key, args.gateway_model or args.model
     try:
+        if gateway_url is None and args.gateway:
+            work = Path(tempfile.mkdtemp(prefix="noor-embed-bench-"))
+            metrics_url = server.metrics_url if server is not None else None
+            gateway_proc, gateway_url, api_key = await asyncio.to_thread(
+                start_gateway, http_url, grpc_url, metrics_url, args.protocol, gateway_model, work
+            )
+            print(f"gateway {gateway_url} (pid {gateway_proc.pid}, log {gateway_proc.log})")
         await backend.start()
         send = direct_sender(backend, args.model)
-        for _ in range(20):  # warm-up
-            await send("warm up")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            gw = gateway_sender(session, gateway_url.rstrip("/"), api_key, gateway_model) if gateway_url else None
+            for _ in range(20):  # warm-up: connections, the model's first batches
+                await send("warm up")
+                if gw is not None:
+                    await gw("warm up")
             for c in args.concurrency:
-                levels.append(await run_level("direct", send, c, args.duration, http_url))
-                if args.gateway_url:
-                    gw = gateway_sender(session, args.gateway_url.rstrip("/"), args.api_key, args.gateway_model or args.model)
-                    levels.append(await run_level("gateway", gw, c, args.duration, http_url))
+                for _ in range(args.rounds):
+                    levels.append(await run_level("direct", send, c, args.duration, http_url))
+                    if gw is not None:
+                        levels.append(await run_level("gateway", gw, c, args.duration, http_url))
     finally:
         await backend.close()
+        if gateway_proc is not None:
+            gateway_proc.stop()
         if server is not None:
             server.stop()
-    print_table(levels)
+    print_table(merge_rounds(levels))
     return levels
+
+
+def merge_rounds(levels: list[Level]) -> list[Level]:
+    """One row per (target, concurrency): the rounds' requests and seconds added up."""
+    merged: dict[tuple[str, int], Level] = {}
+    for lv in levels:
+        m = merged.setdefault((lv.target, lv.concurrency), Level(lv.target, lv.concurrency))
+        m.latencies += lv.latencies
+        m.errors += lv.errors
+        m.seconds += lv.seconds
+        for size, count in lv.batches.items():
+            m.batches[size] = m.batches.get(size, 0) + count
+    return list(merged.values())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,7 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--triton-http", help="use a running Triton (its HTTP URL) instead of starting one")
     p.add_argument("--triton-grpc", help="its gRPC host:port")
-    p.add_argument("--gateway-url", help="gateway base URL, to measure through the gateway as well")
+    p.add_argument("--rounds", type=int, default=2, help="alternating direct/gateway runs per level")
+    p.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
+                   help="start a gateway process and measure through it too")
+    p.add_argument("--gateway-url", help="use this running gateway instead of starting one")
     p.add_argument("--gateway-model", help="model name the gateway serves the embeddings under")
     p.add_argument("--api-key", default="")
     asyncio.run(main_async(p.parse_args(argv)))

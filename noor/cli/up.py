@@ -136,7 +136,8 @@ def up(
         base = f"http://{settings.server.host}:{settings.server.port}"
         model = names[0]
         console.print(Panel.fit(
-            f"Gateway:     {base}/v1   (engines: {', '.join(pool.endpoints)})\n"
+            f"Gateway:     {base}/v1   (vLLM: {', '.join(pool.endpoints)}"
+            + (f"; Triton: {triton.server.http_url}" if triton is not None else "") + ")\n"
             f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n"
             "Ctrl-C stops the gateway and the engines.",
             title="Noor is up", border_style="green",
