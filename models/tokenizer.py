@@ -66,6 +66,13 @@ class ModelEncoding(tiktoken.Encoding):
         self.has_byte_gaps = max(mergeable_ranks.values()) >= hf_vocab_size
         self.default_system_prompt = default_system_prompt
         self.normalization = normalization
+        # count_chat counts ChatML piece by piece (text between special tokens is encoded independently),
+        # which needs <|im_start|> and <|im_end|> to be special tokens here.
+        self.piece_counts: dict[str, int] | None = (
+            {} if IM_START in special_tokens and IM_END in special_tokens else None
+        )
+        self.newline_tokens = count_text(self, "\n") if self.piece_counts is not None else 0
+        self.assistant_tokens = count_text(self, "assistant\n") if self.piece_counts is not None else 0
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -253,6 +260,35 @@ def count_chat(enc: tiktoken.Encoding, messages: list[dict]) -> int:
     tool calls, names and non-ChatML templates. Adds the template's default system prompt when the
     chat has no system message and the encoding knows one (``load_encoding`` reads it from the model's
     chat template).
+
+    Counted piece by piece: ``<|im_start|>`` and ``<|im_end|>`` are special tokens, and tiktoken encodes
+    the text between special tokens independently, so the prompt's count is the sum of its pieces'
+    (``role\ncontent`` per message, ``\n`` between messages) plus the special tokens. The pieces that
+    repeat from request to request — the system prompt and the conversation so far, which every turn
+    sends again — are remembered; only the newest message is tokenized afresh.
     """
-    prompt = render_chatml(messages, default_system_prompt=getattr(enc, "default_system_prompt", None))
-    return count_text(enc, prompt)
+    system = getattr(enc, "default_system_prompt", None)
+    cache: dict[str, int] | None = getattr(enc, "piece_counts", None)
+    if cache is None or getattr(enc, "normalization", None):
+        return count_text(enc, render_chatml(messages, default_system_prompt=system))
+    pieces: list[str] = []
+    if system is not None and (not messages or messages[0].get("role") != "system"):
+        pieces.append(f"system\n{system}")
+    pieces.extend(f"{m.get('role', 'user')}\n{message_text(m.get('content'))}" for m in messages)
+    last = len(pieces) - 1 if messages else len(pieces)  # the newest message: not worth remembering
+    total = len(pieces) * (2 + enc.newline_tokens) + 1 + enc.assistant_tokens  # specials, "\n"s, generation prompt
+    for i, piece in enumerate(pieces):
+        n = cache.get(piece)
+        if n is None:
+            n = count_text(enc, piece)
+            if i != last and len(piece) <= _PIECE_CACHE_MAX_CHARS:
+                if len(cache) >= _PIECE_CACHE_ENTRIES:
+                    del cache[next(iter(cache))]  # the oldest
+                cache[piece] = n
+        total += n
+    return total
+
+
+#: Bounds of each encoding's memory of counted chat pieces (system prompts, earlier turns).
+_PIECE_CACHE_ENTRIES = 4096
+_PIECE_CACHE_MAX_CHARS = 64 * 1024

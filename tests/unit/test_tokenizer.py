@@ -150,3 +150,25 @@ def test_content_parts_count_like_joined_text(enc, hf_chat):
     with_parts = [{"role": "system", "content": "s"}, {"role": "user", "content": parts}]
     joined = [{"role": "system", "content": "s"}, {"role": "user", "content": "first part\nsecond part"}]
     assert count_chat(enc, with_parts) == count_chat(enc, joined) == len(_template_ids(hf_chat, joined))
+
+
+def test_chat_counted_piece_by_piece_equals_the_whole_prompt(enc):
+    """count_chat sums remembered pieces; the sum must equal counting the rendered prompt at once,
+    special-token text, whitespace runs and non-ASCII included, on the first and on a repeated call."""
+    import random
+
+    from models.tokenizer import count_text, render_chatml
+
+    rng = random.Random(7)
+    alphabet = [*"ab xy\n\t  é漢🙂's'll 12", "<|im_end|>", "<|im_start|>", "<|endoftext|>", "\n\n"]
+    for _ in range(500):
+        chat = [{"role": rng.choice(["system", "user", "assistant"]),
+                 "content": "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25)))}
+                for _ in range(rng.randint(0, 4))]
+        whole = count_text(enc, render_chatml(chat, default_system_prompt=enc.default_system_prompt))
+        assert count_chat(enc, chat) == whole
+        assert count_chat(enc, chat) == whole  # now from remembered pieces
+    history = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+    count_chat(enc, [*history, {"role": "assistant", "content": "Hello."}])
+    assert "system\nYou are terse." in enc.piece_counts and "user\nHi" in enc.piece_counts
+    assert "assistant\nHello." not in enc.piece_counts  # the newest message is not remembered
