@@ -81,7 +81,7 @@ class RedisStore(Store):
         breaker: Breaker | None = None,
         auth_invalidation: Literal["version", "pubsub"] = "version",
         ledger_aggregate: bool = True,
-        ledger_batch: int = 500,
+        ledger_batch: int = 50,
         ledger_claim_idle_s: float = 30.0,
         retention_days: int = 90,
         block_ms: int = 500,

@@ -42,25 +42,65 @@ GROUP = "aggregator"
 _FOLD = """
 -- KEYS[1]: the stream. ARGV: group, key prefix, marker ttl (s), then 9 per record:
 -- entry id, request id, tenant, model, day, prompt tokens, completion tokens, ts, record json.
+-- Redis runs nothing else while a script runs, so the batch's writes are summed here first and sent
+-- as one command per key: per record only its exactly-once marker remains.
 local stream, group, p, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local folded = 0
+local sums, hashes = {}, {}
+local combos, days, tenants, records, ids = {}, {}, {}, {}, {}
 for i = 4, #ARGV, 9 do
   local id, rid, tenant, model, day = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if rid ~= '' and redis.call('SET', p .. 'usage:seen:' .. rid, '1', 'NX', 'EX', ttl) then
     local h = p .. 'usage:day:' .. day .. ':' .. tenant .. ':' .. model
-    redis.call('HINCRBY', h, 'requests', 1)
-    redis.call('HINCRBY', h, 'prompt_tokens', ARGV[i + 5])
-    redis.call('HINCRBY', h, 'completion_tokens', ARGV[i + 6])
-    redis.call('SADD', p .. 'usage:combos:' .. day, tenant .. '\\n' .. model)
-    redis.call('ZADD', p .. 'usage:days', 0, day)
-    redis.call('SADD', p .. 'usage:tenants', tenant)
-    redis.call('ZADD', p .. 'usage:records:' .. tenant, ARGV[i + 7], ARGV[i + 8])
+    local sum = sums[h]
+    if not sum then
+      sum = {0, 0, 0}
+      sums[h] = sum
+      hashes[#hashes + 1] = h
+    end
+    sum[1] = sum[1] + 1
+    sum[2] = sum[2] + tonumber(ARGV[i + 5])
+    sum[3] = sum[3] + tonumber(ARGV[i + 6])
+    local of_day = combos[day]
+    if not of_day then
+      of_day = {}
+      combos[day] = of_day
+      days[#days + 1] = day
+    end
+    of_day[tenant .. '\\n' .. model] = true
+    local rec = records[tenant]
+    if not rec then
+      rec = {}
+      records[tenant] = rec
+      tenants[#tenants + 1] = tenant
+    end
+    rec[#rec + 1] = ARGV[i + 7]
+    rec[#rec + 1] = ARGV[i + 8]
     folded = folded + 1
   end
-  if id ~= '' then
-    redis.call('XACK', stream, group, id)
-    redis.call('XDEL', stream, id)
+  if id ~= '' then ids[#ids + 1] = id end
+end
+for _, h in ipairs(hashes) do
+  local sum = sums[h]
+  redis.call('HINCRBY', h, 'requests', sum[1])
+  redis.call('HINCRBY', h, 'prompt_tokens', sum[2])
+  redis.call('HINCRBY', h, 'completion_tokens', sum[3])
+end
+for _, day in ipairs(days) do
+  local members = {}
+  for combo in pairs(combos[day]) do members[#members + 1] = combo end
+  redis.call('SADD', p .. 'usage:combos:' .. day, unpack(members))
+  redis.call('ZADD', p .. 'usage:days', 0, day)
+end
+if #tenants > 0 then
+  redis.call('SADD', p .. 'usage:tenants', unpack(tenants))
+  for _, tenant in ipairs(tenants) do
+    redis.call('ZADD', p .. 'usage:records:' .. tenant, unpack(records[tenant]))
   end
+end
+if #ids > 0 then
+  redis.call('XACK', stream, group, unpack(ids))
+  redis.call('XDEL', stream, unpack(ids))
 end
 return folded
 """
