@@ -57,6 +57,7 @@ class RequestContext:
     last_chunk: bytes | None = None  # last content chunk / full body: finish reasons, read only if traced
     error: Exception | None = None  # the refusal or failure the client was answered with
     trace: object = None  # router.telemetry.tracing.RequestTrace while the request is traced
+    traceparent: str | None = None  # the client's W3C trace context header, continued when tracing is on
     capture: list[bytes] | None = None  # chunks kept only for tenants under content debugging
 
     @property

@@ -70,7 +70,7 @@ class OpenAIApp:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        ctx = RequestContext(request_id=rid, kind=kind, body={})
+        ctx = RequestContext(request_id=rid, kind=kind, body={}, traceparent=_header(scope, b"traceparent"))
         await self.pipeline.handle(ctx, raw, authorization, send, disconnected)
 
     async def _read_body(self, scope: dict, receive: Callable) -> bytes:

@@ -17,6 +17,7 @@ Attributes never carry prompt or completion text, except for tenants under conte
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -93,6 +94,13 @@ class Tracing:
         return self._wall0 + int((t - self._perf0) * 1e9)
 
     def begin(self, ctx: RequestContext) -> None:
+        parent = parse_traceparent(ctx.traceparent) if ctx.traceparent else None
+        if parent is not None:
+            # The client's trace goes on, with its sampling decision (OTel's default ParentBased sampler):
+            # the request span becomes a child of the caller's span.
+            trace_id, parent_id, sampled = parent
+            ctx.trace = RequestTrace(self, trace_id, random.getrandbits(64) or 1, sampled, parent_id)
+            return
         trace_id = random.getrandbits(128) or 1
         # Sampled when the trace id's low 64 bits fall under the ratio, as TraceIdRatioBased decides,
         # so every service sampling by ratio keeps or drops the same traces.
@@ -115,13 +123,14 @@ class Tracing:
 class RequestTrace:
     """The ids of one request's trace, and its engine attempts, until ``emit`` writes its spans."""
 
-    __slots__ = ("tracing", "trace_id", "root_id", "sampled", "attempts")
+    __slots__ = ("tracing", "trace_id", "root_id", "sampled", "attempts", "parent_id")
 
-    def __init__(self, tracing: Tracing, trace_id: int, root_id: int, sampled: bool) -> None:
+    def __init__(self, tracing: Tracing, trace_id: int, root_id: int, sampled: bool, parent_id: int | None = None) -> None:
         self.tracing = tracing
         self.trace_id = trace_id
         self.root_id = root_id
         self.sampled = sampled
+        self.parent_id = parent_id  # the caller's span, when the client sent a traceparent
         self.attempts: list[list] = []  # [span id, endpoint, start, end | None, failed status | None]
 
     def upstream(self, ctx: RequestContext) -> str:
@@ -183,10 +192,26 @@ class RequestTrace:
             child("relay", ctx.opened_at, end_ns, attrs=relay, status=_ERROR if failed else _OK)
         op, model = OPERATION.get(ctx.kind, ctx.kind), ctx.model
         on_end(ReadableSpan(
-            f"{op} {model.name}" if model is not None else op, context=root, parent=None, resource=resource,
+            f"{op} {model.name}" if model is not None else op, context=root, resource=resource,
+            parent=SpanContext(trace_id, self.parent_id, True, _SAMPLED) if self.parent_id else None,
             attributes=request_attributes(ctx, t), kind=SpanKind.SERVER, status=_ERROR if failed else _OK,
             start_time=ns(ctx.started), end_time=end_ns, instrumentation_scope=scope,
         ))
+
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
+
+
+def parse_traceparent(header: str) -> tuple[int, int, bool] | None:
+    """``(trace id, parent span id, sampled)`` of a W3C ``traceparent``; None when it is not valid
+    (then the request starts a trace of its own, as the W3C spec says)."""
+    m = _TRACEPARENT.fullmatch(header.strip().lower())
+    if m is None or m.group(1) == "ff" or (m.group(1) == "00" and len(header.strip()) != 55):
+        return None
+    trace_id, parent_id = int(m.group(2), 16), int(m.group(3), 16)
+    if not trace_id or not parent_id:
+        return None
+    return trace_id, parent_id, bool(int(m.group(4), 16) & 1)
 
 
 def _after(t: float | None, start: float | None) -> float | None:

@@ -139,6 +139,30 @@ def test_streamed_request_span_tree_and_traceparent_on_the_wire(traced, stub):
     assert int(flags, 16) & 1  # sampled (the SDK also sets W3C level 2's "random trace id" bit)
 
 
+def test_a_clients_traceparent_is_continued(traced, stub):
+    """The request span joins the caller's trace under the caller's span, and keeps its sampling decision."""
+    _, secret = traced.key("continued")
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {"authorization": f"Bearer {secret}", "traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    r = httpx.post(traced.server.url + "/v1/chat/completions", json=_chat("hi", max_tokens=2), headers=headers, timeout=30)
+    assert r.status_code == 200
+    spans = spans_of(traced.spans(), r.headers["x-request-id"])
+    root = next(s for s in spans if s.kind == SpanKind.SERVER)
+    assert f"{root.context.trace_id:032x}" == caller_trace
+    assert root.parent is not None and root.parent.is_remote and f"{root.parent.span_id:016x}" == caller_span
+    sent = next(h for h in stub.engine.seen if h.get("x-request-id") == r.headers["x-request-id"])
+    assert sent["traceparent"].split("-")[1] == caller_trace  # and on to the engine
+    # A caller that did not sample: nothing exported, the decision passed on; a malformed header: a new trace.
+    headers["traceparent"] = f"00-{'1' * 32}-{'2' * 16}-00"
+    r = httpx.post(traced.server.url + "/v1/chat/completions", json=_chat("hi", max_tokens=2), headers=headers, timeout=30)
+    sent = next(h for h in stub.engine.seen if h.get("x-request-id") == r.headers["x-request-id"])
+    assert sent["traceparent"].startswith(f"00-{'1' * 32}-") and sent["traceparent"].endswith("-00")
+    assert not [s for s in traced.spans() if f"{s.context.trace_id:032x}" == "1" * 32]
+    headers["traceparent"] = "00-not-a-trace-01"
+    r = httpx.post(traced.server.url + "/v1/chat/completions", json=_chat("hi", max_tokens=2), headers=headers, timeout=30)
+    assert r.status_code == 200 and len(spans_of(traced.spans(), r.headers["x-request-id"])) > 1
+
+
 def test_failover_shows_each_engine_attempt(traced, stub):
     _, secret = traced.key("failover")
     dead, live = traced.gw.pools["flaky"].endpoints
