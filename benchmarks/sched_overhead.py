@@ -6,7 +6,9 @@ Three cases, each with every policy:
 
 * ``queued``: ``--queued`` requests wait (spread over ``--tenants`` tenants, two priority classes) and
   every endpoint is at its window; one release hands the slot to the next waiter — the VTC pop, the
-  room check of all endpoints, the pick, the charge and the hand-over. Timed around ``release``.
+  room check of all endpoints, the pick, the charge and the hand-over. Timed around ``release``. With
+  headroom, the freed slot is one of the last ones: waiters of tenants at their share of that endpoint
+  are skipped until one below its share takes it.
 * ``enqueue``: the same state; a new request arrives and joins its queue (``admit`` up to its await).
 * ``fast``: nothing waits and all endpoints have room, so a request is placed at once after the policy
   scored all endpoints (the picker's worst case: prefix hashing of a ~2 KB prompt, three scorers over 64
@@ -99,12 +101,15 @@ async def run_case(policy_name: str, endpoints: int, queued: int, tenants: int, 
         c.usage = Usage(500, 100)
         adm.release(c, ep)
 
-    # fill every endpoint to its window, then queue `queued` more
+    # fill every endpoint to its window (headroom set aside: a tenant at its share may not take the last
+    # slots, and nothing is released here), then queue `queued` more
     running: list[tuple[RequestContext, Endpoint]] = []
+    adm.headroom = 0
     for _ in range(endpoints * window):
         c = make_ctx(seq, tenants, rng)
         seq += 1
         running.append((c, await adm.admit(c, pool)))
+    adm.headroom = headroom
     waiters: dict[RequestContext, asyncio.Task] = {}
 
     async def wait(c: RequestContext) -> None:
