@@ -18,7 +18,8 @@ threshold); the rest wait per pool in per-tenant queues:
   that many of its requests still wait for their first token (the relay reports it through
   ``ctx.on_first_token``). A burst of admissions otherwise lands in one engine step as a pile of
   prefills, and every request in that step — another tenant's first token included — waits for all of
-  them; pacing spreads them over steps at no cost in throughput (docs/scheduling.md);
+  them; pacing spreads them over steps. It costs throughput where an engine must start many prompts
+  per step to stay full (short outputs, slow prefills): off by default (docs/scheduling.md);
 * headroom (``headroom``, ``headroom.py``): a tenant holding at least its fair share of an endpoint may
   not take its last ``headroom`` slots nor start a prompt beyond the pacing limit; a tenant below its
   share may, so its request enters a busy engine at once instead of waiting for a slot to free.
