@@ -223,7 +223,7 @@ class _PoolQueue:
         if self.size == 0:  # fast path: nobody waits, so nobody is overtaken
             now = time.monotonic()
             room = self._room(owner.capacity.with_room(self.pool.endpoints, now, exclude))
-            if room and owner.headroom:
+            if room and owner.headroom and len(self.shares.active) > 1:  # alone: never at its share
                 room = self._for(tenant, room, now)
             if room:
                 vtc.serve_now(tenant)
