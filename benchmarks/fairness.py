@@ -16,7 +16,11 @@ over. Five runs side by side in this process, each on fresh engines and with the
   queue serves first-come-first-served (what a plain load balancer does);
 * ``vtc``   — A's flood + B with fair admission: requests wait in the gateway's per-tenant queues,
   served by the Virtual Token Counter; an engine holds at most its window (= its ``max_num_seqs``);
-* ``vtc+pacing`` — the same with prefill pacing (``--pacing`` prompts in progress per endpoint).
+* ``vtc+pacing`` — the same with prefill pacing (``--pacing`` prompts in progress per endpoint);
+* ``vtc+headroom`` — VTC with headroom (``--headroom`` slots per endpoint kept from a tenant at its
+  fair share), no pacing;
+* ``vtc+headroom+pacing`` — both: a tenant below its share may also start one prompt past the pacing
+  limit.
 
 Printed: B's TTFT p50/p99 per run; the service each tenant got per tenth of the run; total throughput
 (generated tokens per second, from the engines' own counters, over the arrival window); and the
@@ -123,7 +127,8 @@ def censor(results: list, now: float) -> None:
 
 
 # --- virtual time ------------------------------------------------------------------------------------------
-async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: bool, pacing: int = 0) -> RunResult:
+async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: bool, pacing: int = 0,
+                      headroom: int = 0) -> RunResult:
     from benchmarks.virtual_cluster import VirtualCluster
     from noor.settings import SchedulerSettings
     from router.admission.direct import DirectAdmission
@@ -138,7 +143,7 @@ async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: 
     profile = load_profile(args.profile, max_num_seqs=args.max_num_seqs)
     cap = Capacity(window=args.window or args.max_num_seqs, kv_threshold=0.95, stale_after_s=3600)
     policy = make_policy(args.policy, SchedulerSettings(), cap)
-    adm = (FairAdmission(policy, cap, deadline_s=args.deadline, max_starting=pacing) if fair
+    adm = (FairAdmission(policy, cap, deadline_s=args.deadline, max_starting=pacing, headroom=headroom) if fair
            else DirectAdmission(policy))
     ident = {t: Identity("k", t, t, frozenset({"*"}), TenantLimits()) for t in "AB"}
     rngs = {"A": random.Random(args.seed), "B": random.Random(args.seed + 1)}
@@ -176,7 +181,7 @@ async def run_virtual(name: str, plan: Plan, args: argparse.Namespace, *, fair: 
         results = vc.outcomes
     censor(results, now)
     if fair:
-        print(f"  {name}: most an engine held (running + waiting) = {held}, window {args.max_num_seqs}")
+        print(f"  {name}: most an engine held (running + waiting) = {held}, window {cap.window}")
     return RunResult(name, results, start, tokens, plan.duration, 1.0, plan.duration)
 
 
@@ -191,12 +196,13 @@ class Engines:
 
 
 async def run_http(name: str, engines: Engines, plan: Plan, args: argparse.Namespace, *, fair: bool,
-                   pacing: int = 0) -> RunResult:
+                   pacing: int = 0, headroom: int = 0) -> RunResult:
     rngs = {"A": random.Random(args.seed), "B": random.Random(args.seed + 1)}
     async with serve_gateway(engines.urls, engine=engines.engine, engine_model=engines.engine_model,
                              admission=fair, policy=args.policy, window=engines.window,
                              deadline_s=args.deadline * args.time_scale, metrics_interval_s=0.5,
-                             scheduler={"max_starting_per_endpoint": pacing or None}) as gw:
+                             scheduler={"max_starting_per_endpoint": pacing or None,
+                                        "headroom_per_endpoint": headroom}) as gw:
         keys = {"A": await gw.tenant("A"), "B": await gw.tenant("B")}
         async with client(gw.url) as c:
             tasks: dict[str, list[asyncio.Task]] = {"A": [], "B": []}
@@ -338,7 +344,7 @@ def report(runs: list[RunResult], warmup: float) -> dict[str, float]:
     rows = []
     if "alone" in p99 and "fcfs" in p99:
         rows.append(["B p99 TTFT: FCFS under flood / alone", f"{p99['fcfs'] / p99['alone']:.1f}×", "—"])
-    for v in ("vtc", "vtc+pacing"):
+    for v in ("vtc", "vtc+pacing", "vtc+headroom", "vtc+headroom+pacing"):
         if v not in by:
             continue
         if "alone" in p99:
@@ -376,17 +382,19 @@ async def main(args: argparse.Namespace) -> None:
           + (f" (× time scale {args.time_scale:g})" if args.mode == "http" else ""))
     runs = []
     busy = Plan.draw(duration, args.busy * clock_capacity, 0.0, args.seed)  # A within its share: engines busy
-    scenarios = [("alone", True, Plan(duration, [], plan.b), 0), ("busy", True, Plan(duration, busy.a, plan.b), 0),
-                 ("fcfs", False, plan, 0), ("vtc", True, plan, 0), ("vtc+pacing", True, plan, args.pacing)]
-    for name, fair, p, pacing in scenarios:
+    h = args.headroom
+    scenarios = [("alone", True, Plan(duration, [], plan.b), 0, 0), ("busy", True, Plan(duration, busy.a, plan.b), 0, 0),
+                 ("fcfs", False, plan, 0, 0), ("vtc", True, plan, 0, 0), ("vtc+pacing", True, plan, args.pacing, 0),
+                 ("vtc+headroom", True, plan, 0, h), ("vtc+headroom+pacing", True, plan, args.pacing, h)]
+    for name, fair, p, pacing, headroom in scenarios:
         if args.only and name not in args.only.split(","):
             continue
         t0 = time.monotonic()
         if args.mode == "virtual":
-            runs.append(await run_virtual(name, p, args, fair=fair, pacing=pacing))
+            runs.append(await run_virtual(name, p, args, fair=fair, pacing=pacing, headroom=headroom))
         else:
             async with (real_vllm(args) if args.mode == "vllm" else simulated(args)) as engines:
-                runs.append(await run_http(name, engines, p, args, fair=fair, pacing=pacing))
+                runs.append(await run_http(name, engines, p, args, fair=fair, pacing=pacing, headroom=headroom))
         print(f"  {name}: {time.monotonic() - t0:.0f} s", flush=True)
     print()
     report(runs, args.warmup)
@@ -414,8 +422,11 @@ def cli() -> None:
                     help="A's rate in the 'busy' run (no flood), as a fraction of capacity")
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of each run left out of TTFT figures")
     ap.add_argument("--pacing", type=int, default=2, help="vtc+pacing: streamed prompts in progress per endpoint")
+    ap.add_argument("--headroom", type=int, default=2,
+                    help="vtc+headroom runs: window slots per endpoint kept from a tenant at its share")
     ap.add_argument("--url", default=None, help="vllm mode: use this running vLLM (serving smollm2-135m-instruct)")
-    ap.add_argument("--only", default="", help="comma-separated subset of alone,busy,fcfs,vtc,vtc+pacing")
+    ap.add_argument("--only", default="", help="comma-separated subset of alone,busy,fcfs,vtc,vtc+pacing,"
+                                               "vtc+headroom,vtc+headroom+pacing")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     if args.mode == "virtual":

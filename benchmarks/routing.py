@@ -107,7 +107,8 @@ async def run_virtual(policy: str, convs: list[Conversation], args: argparse.Nam
     s = scheduler_settings(args, policy)
     cap = Capacity(window=args.max_num_seqs, kv_threshold=s.kv_cache_threshold, stale_after_s=3600)
     pacing = args.max_starting if args.max_starting is not None else max(2, args.max_num_seqs // 32)
-    adm = FairAdmission(make_policy(policy, s, cap), cap, deadline_s=600, max_starting=pacing)
+    adm = FairAdmission(make_policy(policy, s, cap), cap, deadline_s=600, max_starting=pacing,
+                        headroom=s.headroom_per_endpoint)
     idents = [Identity("k", f"t{i}", f"t{i}", frozenset({"*"}), TenantLimits()) for i in range(args.tenants)]
     loop = asyncio.get_running_loop()
     systems = {c.tenant: system_prompt(c.tenant, args.system_words) for c in convs}

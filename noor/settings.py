@@ -116,6 +116,10 @@ class SchedulerSettings(BaseModel):
     max_starting_per_endpoint: int | None = Field(
         default=None, description="Prefill pacing: at most this many streamed requests per endpoint before "
                                   "their first token; None = no pacing. See docs/scheduling.md before enabling.")
+    headroom_per_endpoint: int = Field(
+        default=2, ge=0, description="Slots of each endpoint's window that a tenant already holding its fair "
+        "share may not take (nor, with pacing, start a prompt beyond the limit), so a tenant below its share "
+        "starts at once on a busy engine; 0 = off. See docs/scheduling.md.")
     priority_classes: list[str] = Field(default=["interactive", "batch"], description="Served first to last.")
     vtc_input_weight: float = 1.0
     vtc_output_weight: float = 2.0

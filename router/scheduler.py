@@ -29,5 +29,5 @@ def build_admission(settings: Settings) -> Admission:
     return FairAdmission(
         policy, capacity, deadline_s=s.queue_deadline_s, priorities=s.priority_classes,
         input_weight=s.vtc_input_weight, output_weight=s.vtc_output_weight, output_estimate=s.output_estimate_tokens,
-        max_starting=s.max_starting_per_endpoint,
+        max_starting=s.max_starting_per_endpoint, headroom=s.headroom_per_endpoint,
     )

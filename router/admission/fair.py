@@ -18,7 +18,11 @@ threshold); the rest wait per pool in per-tenant queues:
   that many of its requests still wait for their first token (the relay reports it through
   ``ctx.on_first_token``). A burst of admissions otherwise lands in one engine step as a pile of
   prefills, and every request in that step — another tenant's first token included — waits for all of
-  them; pacing spreads them over steps at no cost in throughput (docs/scheduling.md).
+  them; pacing spreads them over steps. It costs throughput where an engine must start many prompts
+  per step to stay full (short outputs, slow prefills): off by default (docs/scheduling.md);
+* headroom (``headroom``, ``headroom.py``): a tenant holding at least its fair share of an endpoint may
+  not take its last ``headroom`` slots nor start a prompt beyond the pacing limit; a tenant below its
+  share may, so its request enters a busy engine at once instead of waiting for a slot to free.
 
 The picking policy only chooses among endpoints that have room, so affinity can never push an
 endpoint past its window. Per decision: O(log tenants) for the queue and one pass over the pool's
@@ -35,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from router.admission import Admission
+from router.admission.headroom import Shares
 from router.admission.vtc import Entry, VTCQueue
 from router.capacity import Capacity
 from router.context import RequestContext
@@ -77,6 +82,7 @@ class FairAdmission(Admission):
         output_weight: float = 2.0,
         output_estimate: int = 256,
         max_starting: int | None = None,
+        headroom: int = 0,
     ) -> None:
         self.policy = policy
         self.capacity = capacity
@@ -87,6 +93,11 @@ class FairAdmission(Admission):
         #: prefill pacing: streamed requests admitted to one endpoint and not yet at their first token.
         self.max_starting = max_starting or 0
         self._starting: dict[Endpoint, int] = {}
+        #: slots of each endpoint's window that a tenant at its fair share may not take.
+        self.headroom = max(0, min(headroom, capacity.window - 1))
+        #: prompts in progress per endpoint a tenant below its share may still add to: one more than
+        #: the pacing limit when headroom is on (0: no pacing).
+        self.start_limit = self.max_starting + (1 if self.headroom and self.max_starting else 0)
         self.priorities = list(priorities) or ["default"]
         self._ranks = {name: i for i, name in enumerate(priorities)}
         self._nclasses = max(1, len(priorities))
@@ -104,14 +115,19 @@ class FairAdmission(Admission):
     def release(self, ctx: RequestContext, endpoint: Endpoint) -> None:
         endpoint.inflight -= 1
         ticket = self._tickets.pop(ctx, None)
+        ctx.on_first_token = None
+        pq = self._pools.get(endpoint.pool)
+        shares_grew = False
         if ticket is not None:
             if not ticket.started:
                 self._starting[endpoint] -= 1
             self._settle(ticket, ctx)
-        ctx.on_first_token = None
-        pq = self._pools.get(endpoint.pool)
+            if pq is not None:
+                pq.shares.released(ticket.tenant, endpoint)
+                shares_grew = pq.shares.leave(ticket.tenant)
         if pq is not None:
-            pq.dispatch(endpoint)
+            # A tenant that left the pool raised everyone's share: headroom may now admit anywhere.
+            pq.dispatch(None if shares_grew and self.headroom else endpoint)
 
     def started(self, ctx: RequestContext, endpoint: Endpoint) -> None:
         """The request's first token came back: the engine is done with its prompt (prefill pacing)."""
@@ -190,6 +206,9 @@ class _PoolQueue:
         self.size = 0
         self._dispatching = False
         self._held_back = 0  # waiters put back by the last dispatch: no room outside their exclusions
+        self.shares = Shares()
+        #: tenants the last dispatch held back by headroom: their arrivals need no new dispatch.
+        self._blocked: set[str] = set()
         self._gap = 0.0  # seconds between admissions (moving average), for Retry-After
         self._last_admit = time.monotonic()
         pool.listeners.append(self.dispatch)
@@ -199,21 +218,28 @@ class _PoolQueue:
         tenant = ctx.identity.tenant_id if ctx.identity is not None else "-"
         rank = owner.rank(ctx)
         vtc = self.classes[rank]
+        ident = ctx.identity
+        self.shares.enter(tenant, ident.weight if ident is not None and ident.weight > 0 else 1.0)
         if self.size == 0:  # fast path: nobody waits, so nobody is overtaken
-            room = self._room(owner.capacity.with_room(self.pool.endpoints, time.monotonic(), exclude))
+            now = time.monotonic()
+            room = self._room(owner.capacity.with_room(self.pool.endpoints, now, exclude))
+            if room and owner.headroom and len(self.shares.active) > 1:  # alone: never at its share
+                room = self._for(tenant, room, now)
             if room:
                 vtc.serve_now(tenant)
                 return self._place(ctx, room, vtc, tenant)
         if not any(ep.healthy and ep not in exclude for ep in self.pool.endpoints):
+            self.shares.leave(tenant)
             raise no_capacity(f"No healthy engine in pool '{self.pool.name}' can serve this request right now.")
         loop = asyncio.get_running_loop()
         w = _Waiter(ctx, exclude, loop.create_future(), rank)
         w.entry = vtc.push(w, tenant)
         self.size += 1
         w.timer = loop.call_at(loop.time() + owner.deadline_s, self._expire, w)
-        if self._held_back:
-            # Some waiters may not go where there is room (retries excluding an endpoint): there may
-            # be room for this one. Otherwise a non-empty queue means no endpoint has room.
+        if self._held_back or (owner.headroom and tenant not in self._blocked):
+            # Some waiters may not go where there is room (retries excluding an endpoint, tenants at
+            # their share facing only headroom): there may be room for this one. Otherwise a non-empty
+            # queue means no endpoint has room.
             self.dispatch()
         try:
             return await w.future
@@ -222,12 +248,27 @@ class _PoolQueue:
             raise
 
     def _room(self, room: list[Endpoint]) -> list[Endpoint]:
-        """With prefill pacing, only endpoints with fewer than ``max_starting`` prompts in progress."""
-        limit = self.owner.max_starting
+        """With prefill pacing, only endpoints with fewer prompts in progress than someone may start."""
+        limit = self.owner.start_limit
         if not limit or not room:
             return room
         starting = self.owner._starting
         return [ep for ep in room if starting.get(ep, 0) < limit]
+
+    def _for(self, tenant: str, room: list[Endpoint], now: float) -> list[Endpoint]:
+        """The endpoints of ``room`` that ``tenant`` may take (headroom): all of them while it is below
+        its fair share of one; else only those below ``window - headroom`` and the pacing limit."""
+        owner = self.owner
+        cap, shares = owner.capacity, self.shares
+        top = cap.window - owner.headroom
+        limit, starting = owner.max_starting, owner._starting
+        out = []
+        for ep in room:
+            if shares.at_share(tenant, ep, cap.window) and (
+                    cap.load(ep, now) >= top or (limit and starting.get(ep, 0) >= limit)):
+                continue
+            out.append(ep)
+        return out
 
     def _place(self, ctx: RequestContext, room: list[Endpoint], vtc: VTCQueue, tenant: str) -> Endpoint:
         owner = self.owner
@@ -235,6 +276,7 @@ class _PoolQueue:
         ep = owner.policy.pick(ctx, room) or room[0]
         ep.inflight += 1
         owner.charge(ctx, vtc, tenant)
+        self.shares.placed(tenant, ep)
         if owner.max_starting and ctx.stream:  # a non-streamed answer shows no first token: not paced
             owner._starting[ep] = owner._starting.get(ep, 0) + 1
             owner._tickets[ctx].started = False
@@ -255,7 +297,10 @@ class _PoolQueue:
             return
         self._dispatching = True
         put_back: list[_Waiter] = []
+        excluded = 0
+        blocked: set[str] = set()
         capacity = self.owner.capacity
+        headroom = self.owner.headroom
         try:
             now = time.monotonic()
             if freed is not None and not self._held_back:
@@ -263,19 +308,26 @@ class _PoolQueue:
             else:
                 room = capacity.with_room(self.pool.endpoints, now)
             room = self._room(room)
-            limit, starting = self.owner.max_starting, self.owner._starting
+            limit, starting = self.owner.start_limit, self.owner._starting
             while room and self.size:
-                w = self._pop()
+                w = self._pop(blocked)
                 if w is None:
                     break
                 if w.future.done():  # cancelled this instant; its own handler finds it already gone
                     continue
+                tenant = w.entry.tenant  # type: ignore[union-attr]
                 cands = room if not w.exclude else [ep for ep in room if ep not in w.exclude]
                 if not cands:  # a retry that may not go back where it failed: let others pass
                     put_back.append(w)
+                    excluded += 1
                     continue
+                if headroom:
+                    cands = self._for(tenant, cands, now)
+                    if not cands:  # at its share wherever there is room: its later requests too
+                        put_back.append(w)
+                        blocked.add(tenant)
+                        continue
                 vtc = self.classes[w.rank]
-                tenant = w.entry.tenant  # type: ignore[union-attr]
                 ep = self._place(w.ctx, cands, vtc, tenant)
                 if w.timer is not None:
                     w.timer.cancel()
@@ -283,16 +335,20 @@ class _PoolQueue:
                 if not capacity.has_room(ep, now) or (limit and starting.get(ep, 0) >= limit):
                     room.remove(ep)
         finally:
-            self._held_back = len(put_back)
+            if blocked:
+                for vtc in self.classes:
+                    vtc.restore()
+            self._held_back = excluded
+            self._blocked = blocked
             for w in reversed(put_back):
                 self.classes[w.rank].push_front(w.entry)  # type: ignore[arg-type]
                 self.size += 1
             self._dispatching = False
 
-    def _pop(self) -> _Waiter | None:
+    def _pop(self, skip: set[str]) -> _Waiter | None:
         for vtc in self.classes:
             if vtc.size:
-                entry = vtc.pop()
+                entry = vtc.pop(skip)
                 if entry is not None:
                     self.size -= 1
                     return entry.item
@@ -301,6 +357,7 @@ class _PoolQueue:
     def _expire(self, w: _Waiter) -> None:
         if w.entry is not None and self.classes[w.rank].drop(w.entry):
             self.size -= 1
+            self._left(w.entry.tenant)
             if not w.future.done():
                 w.future.set_exception(self._timeout_error())
 
@@ -310,6 +367,7 @@ class _PoolQueue:
             w.timer.cancel()
         if w.entry is not None and self.classes[w.rank].drop(w.entry):
             self.size -= 1
+            self._left(w.entry.tenant)
         elif w.future.done() and not w.future.cancelled() and w.future.exception() is None:
             # Woken with an endpoint in the same instant it was cancelled: give it back.
             self.owner.release(w.ctx, w.future.result())
@@ -335,6 +393,12 @@ class _PoolQueue:
                 w = entry.item
                 if w.timer is not None:
                     w.timer.cancel()
+                self.shares.leave(entry.tenant)
                 if not w.future.done():
                     w.future.set_exception(error)
         self.size = 0
+
+    def _left(self, tenant: str) -> None:
+        """A waiter left the queue without being placed."""
+        if self.shares.leave(tenant) and self.owner.headroom:
+            self.dispatch()  # everyone's share grew

@@ -62,6 +62,7 @@ class VTCQueue(Generic[T]):
         self.vtime = 0.0
         self.size = 0  # queued entries, all tenants
         self._lifted: TenantState | None = None
+        self._aside: list[tuple[float, int, int, int, TenantState]] = []  # skipped by ``pop``, until ``restore``
 
     def __len__(self) -> int:
         return self.size
@@ -139,12 +140,17 @@ class VTCQueue(Generic[T]):
             q.popleft()
         return q[0]
 
-    def pop(self) -> Entry[T] | None:
+    def pop(self, skip: set[str] | frozenset[str] = frozenset()) -> Entry[T] | None:
         """Take the next entry: the oldest of the backlogged tenant with the lowest counter.
 
+        ``skip``: tenants passed over (held back by headroom): the next tenant by counter goes instead.
+        Their heap entries are set aside until ``restore`` — once per pass, however many pops follow.
         The caller serves it and then calls ``charge`` (or gives it back with ``push_front``).
         """
         t = self._top()
+        while t is not None and t.id in skip:
+            self._aside.append(heapq.heappop(self._heap))
+            t = self._top()
         if t is None:
             return None
         q = t.queue
@@ -159,6 +165,12 @@ class VTCQueue(Generic[T]):
             t.version += 1  # its heap entry is now stale
         self.vtime = t.counter
         return entry
+
+    def restore(self) -> None:
+        """Put back the heap entries ``pop`` set aside for skipped tenants (stale ones are harmless)."""
+        for item in self._aside:
+            heapq.heappush(self._heap, item)
+        self._aside.clear()
 
     def drop(self, entry: Entry[T]) -> bool:
         """Remove a queued entry (deadline passed, client gone). O(1): skipped lazily later."""

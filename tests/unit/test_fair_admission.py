@@ -227,3 +227,73 @@ async def test_queue_depths_by_pool_and_priority_and_the_dequeue_stamp():
     for w in waiters:
         w.cancel()
     await settle()
+
+
+async def test_headroom_is_kept_for_a_tenant_below_its_share_and_released_when_it_leaves():
+    adm, pool = admission(window=4, headroom=1), make_pool(1)
+    ep = pool.endpoints[0]
+    b1 = ctx("b")
+    await adm.admit(b1, pool)
+    a = [ctx("a"), ctx("a")]
+    for c in a:
+        assert await adm.admit(c, pool) is ep  # below its share (2 of 4): straight in
+    a3 = asyncio.ensure_future(adm.admit(ctx("a"), pool))
+    await settle()
+    assert not a3.done() and ep.inflight == 3  # at its share: the last slot is b's headroom
+    b2 = ctx("b")
+    assert await asyncio.wait_for(adm.admit(b2, pool), 1.0) is ep  # b, below its share, starts at once
+    finish(adm, b2, ep)
+    await settle()
+    assert not a3.done()  # b is still active (b1 in flight): the headroom stays
+    finish(adm, b1, ep)
+    await settle()
+    assert a3.done() and a3.result() is ep  # nobody else is active: a may fill the window
+
+
+async def test_headroom_never_keeps_an_idle_endpoint_from_a_waiter():
+    adm, pool = admission(window=2, headroom=1), make_pool(2)
+    e0 = await adm.admit(ctx("b"), pool)
+    a1 = ctx("a")
+    e1 = await adm.admit(a1, pool)
+    assert e1 is not e0
+    assert await adm.admit(ctx("a"), pool) is e0  # a holds nothing on e0: below its share there
+    a3 = asyncio.ensure_future(adm.admit(ctx("a"), pool))
+    await settle()
+    assert not a3.done()  # e0 full, e1 holds a's share with only the headroom left
+    finish(adm, a1, e1)  # e1 is idle now
+    await settle()
+    assert a3.done() and a3.result() is e1
+
+
+async def test_with_pacing_a_tenant_at_its_share_waits_for_the_prompt_in_progress_but_not_another():
+    adm = FairAdmission(LeastOutstanding(), Capacity(window=8), max_starting=1, headroom=1, deadline_s=2)
+    pool = make_pool(1)
+    ep = pool.endpoints[0]
+
+    async def stream(tenant: str):
+        c = ctx(tenant)
+        c.stream = True
+        return c, asyncio.ensure_future(adm.admit(c, pool))
+
+    b1, fb1 = await stream("b")
+    await settle()
+    b1.on_first_token()
+    for _ in range(3):  # a takes 3 of its 4 slots, one prompt at a time
+        c, f = await stream("a")
+        await settle()
+        assert f.done()
+        c.on_first_token()
+    a4, fa4 = await stream("a")
+    await settle()
+    assert fa4.done() and adm._starting[ep] == 1  # a4's prompt is in progress; a now holds its share
+    a5, fa5 = await stream("a")
+    b2, fb2 = await stream("b")
+    await settle()
+    assert not fa5.done()  # at its share: paced behind a4's prompt
+    assert fb2.done() and adm._starting[ep] == 2  # below its share: one prompt beyond the pacing limit
+    a4.on_first_token()
+    await settle()
+    assert not fa5.done()  # b2's prompt is still in progress
+    b2.on_first_token()
+    await settle()
+    assert fa5.done()

@@ -102,3 +102,15 @@ def test_idle_tenants_behind_the_floor_are_forgotten():
     assert "a" not in q.tenants
     q.push(None, "a")
     assert q.tenants["a"].counter == 100
+
+
+def test_skipped_tenants_are_passed_over_and_keep_their_place():
+    q = VTCQueue()
+    for item, tenant in (("a1", "a"), ("b1", "b"), ("c1", "c")):
+        q.push(item, tenant)
+    q.charge("b", 10)
+    q.charge("c", 20)
+    assert q.pop(skip={"a", "b"}).item == "c1"
+    assert q.pop(skip={"a", "b"}) is None  # only skipped tenants are left
+    q.restore()
+    assert [q.pop().item, q.pop().item] == ["a1", "b1"]  # the lowest counter first again
