@@ -254,11 +254,14 @@ async def real_vllm(args: argparse.Namespace) -> AsyncIterator[Engines]:
     url = args.url
     if url is None:
         from models.prepare import default_cache_dir, prepare_smollm2
+        from noor.settings import Settings
         from serving.launcher.vllm import VLLMServer
         from tests.servers import free_port
 
+        # As `noor up` starts it: unpinned threads (vLLM's default pins its worker to one core, which a
+        # small shared host starves), compiled (eager decoding of a full batch is several times slower).
         server = VLLMServer(prepare_smollm2(default_cache_dir(), progress=False), [name], port=free_port(),
-                            max_num_seqs=args.max_num_seqs)
+                            max_num_seqs=args.max_num_seqs, cpu_threads_bind=Settings().local.cpu_threads_bind)
         server.start()
         url = server.url
     try:
