@@ -5,6 +5,8 @@ metrics port — is checked on every run. The proof against vLLM itself is in te
 
 from __future__ import annotations
 
+import time
+
 import uuid
 
 import httpx
@@ -80,6 +82,16 @@ class Served:
         self.gw.telemetry.tracing.force_flush()
         return list(self.exporter.get_finished_spans())
 
+    def request_spans(self, request_id: str, timeout: float = 10.0):
+        """The spans of one request's trace, once written: the client can see the response's end a moment
+        before the gateway, still finishing the request, hands its spans to the processor."""
+        deadline = time.monotonic() + timeout
+        while True:
+            spans = self.spans()
+            if any((s.attributes or {}).get("noor.request.id") == request_id for s in spans) or time.monotonic() > deadline:
+                return spans_of(spans, request_id)
+            time.sleep(0.05)
+
     def usage(self, request_id: str):
         async def go():
             import asyncio
@@ -113,7 +125,7 @@ def test_streamed_request_span_tree_and_traceparent_on_the_wire(traced, stub):
     r = traced.post(secret, _chat("hello there", stream=True, max_tokens=4))
     assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
     rid = r.headers["x-request-id"]
-    spans = spans_of(traced.spans(), rid)
+    spans = traced.request_spans(rid)
     root = next(s for s in spans if s.parent is None)
     children = [s for s in spans if s is not root]
     assert root.name == "chat stub-model" and root.kind == SpanKind.SERVER
@@ -146,7 +158,7 @@ def test_a_clients_traceparent_is_continued(traced, stub):
     headers = {"authorization": f"Bearer {secret}", "traceparent": f"00-{caller_trace}-{caller_span}-01"}
     r = httpx.post(traced.server.url + "/v1/chat/completions", json=_chat("hi", max_tokens=2), headers=headers, timeout=30)
     assert r.status_code == 200
-    spans = spans_of(traced.spans(), r.headers["x-request-id"])
+    spans = traced.request_spans(r.headers["x-request-id"])
     root = next(s for s in spans if s.kind == SpanKind.SERVER)
     assert f"{root.context.trace_id:032x}" == caller_trace
     assert root.parent is not None and root.parent.is_remote and f"{root.parent.span_id:016x}" == caller_span
@@ -160,7 +172,7 @@ def test_a_clients_traceparent_is_continued(traced, stub):
     assert not [s for s in traced.spans() if f"{s.context.trace_id:032x}" == "1" * 32]
     headers["traceparent"] = "00-not-a-trace-01"
     r = httpx.post(traced.server.url + "/v1/chat/completions", json=_chat("hi", max_tokens=2), headers=headers, timeout=30)
-    assert r.status_code == 200 and len(spans_of(traced.spans(), r.headers["x-request-id"])) > 1
+    assert r.status_code == 200 and len(traced.request_spans(r.headers["x-request-id"])) > 1
 
 
 def test_failover_shows_each_engine_attempt(traced, stub):
@@ -178,7 +190,7 @@ def test_failover_shows_each_engine_attempt(traced, stub):
         traced.server.call(tilt(False))
     assert r.status_code == 200
     rid = r.headers["x-request-id"]
-    ups = sorted((s for s in spans_of(traced.spans(), rid) if s.name == "upstream"), key=lambda s: s.start_time)
+    ups = sorted((s for s in traced.request_spans(rid) if s.name == "upstream"), key=lambda s: s.start_time)
     assert len(ups) == 2
     assert ups[0].status.status_code == StatusCode.ERROR and ups[0].attributes["error.type"] == "502"
     assert ups[1].status.status_code != StatusCode.ERROR
@@ -267,7 +279,7 @@ def test_content_debug_tenant_gets_prompt_and_completion(traced):
         r = traced.post(secret, _chat(marker, stream=True, max_tokens=3))
         rid = r.headers["x-request-id"]
         traced.usage(rid)
-    root = next(s for s in spans_of(traced.spans(), rid) if s.parent is None)
+    root = next(s for s in traced.request_spans(rid) if s.parent is None)
     assert marker in root.attributes["gen_ai.input.messages"]
     assert root.attributes["gen_ai.output.messages"] == "tok tok tok "
     line = next(r for r in logs.records if r.name == "noor.access" and r.fields["request_id"] == rid)
