@@ -25,6 +25,7 @@ from router.app import Gateway
 from router.keys import create_key
 from router.store import open_store
 from router.telemetry.logs import configure_logging
+from serving.launcher.process import next_free_port
 
 console = Console()
 
@@ -41,13 +42,6 @@ def prepare_model(
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) != 0
-
-
-def _free_port(host: str, start: int) -> int:
-    port = start
-    while not _port_free(host, port):
-        port += 1
-    return port
 
 
 async def _demo_key(settings: Settings, models: list[str]) -> tuple[str, str]:
@@ -113,7 +107,7 @@ def up(
     model_dir = prepare_smollm2(settings.models_dir)
     console.rule("starting the local vLLM pool")
     servers = launch_pool(
-        model_dir, names, replicas=replicas or local.replicas, base_port=_free_port("127.0.0.1", local.base_port),
+        model_dir, names, replicas=replicas or local.replicas, base_port=next_free_port("127.0.0.1", local.base_port),
         max_model_len=local.max_model_len, kv_cache_gib=local.kv_cache_gib, max_num_seqs=local.max_num_seqs,
         log_dir=settings.data_dir / "logs", cpu_threads_bind=local.cpu_threads_bind,
         extra_args=["--enforce-eager"] if local.enforce_eager else [],

@@ -7,24 +7,14 @@ endpoints (a deployment's engines) are left alone.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.catalog import Catalog, EndpointSpec
+from serving.launcher.process import next_free_port
 from serving.launcher.triton import TritonServer
 
 MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "triton"
-
-
-def _free_port(host: str, start: int, taken: set[int]) -> int:
-    port = start
-    while True:
-        if port not in taken:
-            with socket.socket() as s:
-                if s.connect_ex((host, port)) != 0:
-                    return port
-        port += 1
 
 
 @dataclass
@@ -52,12 +42,9 @@ def start_local_triton(
     runtime_dir: Path | None = None, enforce_eager: bool = False, host: str = "127.0.0.1",
 ) -> LocalTriton:
     """Spawn Triton for ``models`` and point ``pools`` at it (returns at once; ``server.wait_ready``)."""
-    taken: set[int] = set()
-    ports = []
-    for _ in range(3):
-        port = _free_port(host, ports[-1] + 1 if ports else base_port, taken)
-        taken.add(port)
-        ports.append(port)
+    ports: list[int] = []
+    for _ in range(3):  # HTTP, gRPC, metrics: each after the previous, so all three differ
+        ports.append(next_free_port(host, ports[-1] + 1 if ports else base_port))
     env = {"NOOR_SMOLLM2_DIR": str(smollm2_dir)}
     if enforce_eager:
         env["NOOR_VLLM_ENFORCE_EAGER"] = "1"

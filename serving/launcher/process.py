@@ -36,6 +36,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def next_free_port(host: str, start: int) -> int:
+    """The first port from ``start`` up that nothing listens on (predictable ports for a local setup)."""
+    port = start
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex((host, port)) != 0:
+                return port
+        port += 1
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``, read from /proc (Linux)."""
     members = []
