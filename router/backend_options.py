@@ -41,7 +41,7 @@ def _triton_options(catalog: Catalog, pool: PoolSpec, endpoint: EndpointSpec, se
         enc = load_encoding(path)
         renderers[spec.upstream_name] = partial(render_chatml, default_system_prompt=enc.default_system_prompt)
         counters[spec.upstream_name] = partial(count_text, enc)
-    options: dict[str, Any] = {
+    return {
         "grpc_url": grpc_url,
         "metrics_url": metrics_url,
         "protocol": pool.protocol or settings.triton.protocol,
@@ -53,4 +53,3 @@ def _triton_options(catalog: Catalog, pool: PoolSpec, endpoint: EndpointSpec, se
         "connect_timeout_s": eng.connect_timeout_s,
         "health_timeout_s": eng.health_timeout_s,
     }
-    return options

@@ -159,7 +159,7 @@ class Pipeline:
         """Admit onto an endpoint and open the engine request, retrying elsewhere on retryable failures."""
         assert ctx.model is not None
         request = UpstreamRequest(kind=ctx.kind, body=ctx.body, stream=ctx.stream, request_id=ctx.request_id,
-                                  public_model=ctx.model.name if ctx.model is not None else None)
+                                  public_model=ctx.model.name)
         tried: set[Endpoint] = set()
         last: UpstreamError | None = None
         for _attempt in range(self.max_retries + 1):

@@ -27,7 +27,6 @@ class RunningTriton:
         http, grpc, metrics, log = spec.split(",")
         self.http_url, self.grpc_url = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}"
         self.metrics_url, self.log_path = f"http://127.0.0.1:{metrics}/metrics", Path(log)
-        self.pid = None
 
 
 def full_triton(model_dir: Path, log: Path) -> TritonServer:

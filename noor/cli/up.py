@@ -123,15 +123,15 @@ def up(
             )
         wait_all_healthy(servers, local.startup_timeout_s, progress=True)
         if triton is not None:
-            waited = triton.server.wait_ready(settings.triton.startup_timeout_s)
-            console.print(f"Triton ready ({waited:.0f} s): {triton.server.http_url}, gRPC {triton.server.grpc_url}")
+            waited = triton.wait_ready(settings.triton.startup_timeout_s)
+            console.print(f"Triton ready ({waited:.0f} s): {triton.http_url}, gRPC {triton.grpc_url}")
         pool.endpoints = [s.url for s in servers]
         tenant_id, key = asyncio.run(_demo_key(settings, ["*"]))
         base = f"http://{settings.server.host}:{settings.server.port}"
         model = names[0]
         console.print(Panel.fit(
             f"Gateway:     {base}/v1   (vLLM: {', '.join(pool.endpoints)}"
-            + (f"; Triton: {triton.server.http_url}" if triton is not None else "") + ")\n"
+            + (f"; Triton: {triton.http_url}" if triton is not None else "") + ")\n"
             f"Demo tenant: demo ({tenant_id})\nAPI key:     {key}\nAdmin token: {settings.server.admin_token}\n"
             "Ctrl-C stops the gateway and the engines.",
             title="Noor is up", border_style="green",
@@ -157,7 +157,7 @@ def up(
     finally:
         console.print("stopping engines…")
         if triton is not None:
-            triton.server.stop()
+            triton.stop()
         stop_all(servers)
 
 

@@ -7,7 +7,6 @@ endpoints (a deployment's engines) are left alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from models.catalog import Catalog, EndpointSpec
@@ -15,13 +14,6 @@ from serving.launcher.process import next_free_port
 from serving.launcher.triton import TritonServer
 
 MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "triton"
-
-
-@dataclass
-class LocalTriton:
-    server: TritonServer
-    pools: list[str]
-    models: list[str]
 
 
 def plan_local_triton(catalog: Catalog, *, enabled_pools: list[str]) -> tuple[Catalog, list[str], list[str]]:
@@ -40,8 +32,8 @@ def plan_local_triton(catalog: Catalog, *, enabled_pools: list[str]) -> tuple[Ca
 def start_local_triton(
     catalog: Catalog, pools: list[str], models: list[str], *, smollm2_dir: Path, base_port: int, log_dir: Path,
     runtime_dir: Path | None = None, enforce_eager: bool = False, host: str = "127.0.0.1",
-) -> LocalTriton:
-    """Spawn Triton for ``models`` and point ``pools`` at it (returns at once; ``server.wait_ready``)."""
+) -> TritonServer:
+    """Spawn Triton for ``models`` and point ``pools`` at it (returns at once; then ``wait_ready``)."""
     ports: list[int] = []
     for _ in range(3):  # HTTP, gRPC, metrics: each after the previous, so all three differ
         ports.append(next_free_port(host, ports[-1] + 1 if ports else base_port))
@@ -57,4 +49,4 @@ def start_local_triton(
     endpoint = EndpointSpec(url=server.http_url, grpc_url=server.grpc_url, metrics_url=server.metrics_url)
     for name in pools:
         catalog.pools[name].endpoints = [endpoint]
-    return LocalTriton(server, pools, models)
+    return server
