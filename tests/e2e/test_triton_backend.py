@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -265,13 +266,26 @@ async def test_embeddings_batch_larger_than_the_model_batch(grpc_backend: Triton
 # --- health and load -------------------------------------------------------------------------------
 
 
+def _metric_lines(backend: TritonBackend, prefix: str) -> str:
+    """The scrape's lines for one metric, for an assertion message."""
+    assert backend.metrics_url
+    text = urllib.request.urlopen(backend.metrics_url, timeout=5).read().decode()
+    return "\n".join(line for line in text.splitlines() if prefix in line) or f"no {prefix} lines in the scrape"
+
+
 async def test_signals(grpc_backend: TritonBackend):
     body = {"model": "smollm2", "messages": PROMPT_MESSAGES, "max_tokens": 200, "ignore_eos": True}
     stream = await grpc_backend.stream(_req("chat", body, stream=True))
     try:
-        signals = await grpc_backend.signals()
-        assert isinstance(signals, TritonSignals)
-        assert signals.running >= 1 and signals.waiting >= 0
+        # The model's in-flight gauge is set from its engine thread; give the scrape a few tries
+        # rather than racing it (CI once read 0 on the first scrape with the stream open).
+        for _ in range(40):
+            signals = await grpc_backend.signals()
+            assert isinstance(signals, TritonSignals)
+            if signals.running >= 1:
+                break
+            await asyncio.sleep(0.25)
+        assert signals.running >= 1 and signals.waiting >= 0, _metric_lines(grpc_backend, "noor_model_inflight")
     finally:
         await stream.aclose()
 
