@@ -89,7 +89,10 @@ class Pipeline:
             if ctx.reservation is None:
                 return None  # nothing reserved (no limits): nothing to give back
             wait = self.limiter.holds_slot(ctx)
-            settling.append(asyncio.ensure_future(self.limiter.begin_settle(ctx, ctx.usage)))
+            pending = self.limiter.begin_settle(ctx, ctx.usage)
+            if pending is None:
+                return None  # settled already
+            settling.append(asyncio.ensure_future(pending))
             return settling[0] if wait else None
 
         try:

@@ -156,6 +156,10 @@ class LocalLimiter(Limiter):
         ctx.reservation = res
 
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
+        self.begin_settle(ctx, usage)
+
+    def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> None:
+        """Settled at once (all in memory): nothing to wait for."""
         res = ctx.reservation
         if isinstance(res, Reservation):
             self.give_back(res, actual_tokens(usage))

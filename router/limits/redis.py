@@ -55,12 +55,7 @@ FALLBACKS = Counter("noor_limits_fallback", "Requests whose limits were checked 
 REFUSED_UNAVAILABLE = Counter("noor_limits_unavailable", "Requests refused (503) because Redis was away (fail-closed)")
 DEGRADED = Gauge("noor_limits_degraded", "1 while this replica enforces limits locally (Redis away, fail-open)")
 
-_BUDGET_SLACK_S = 86400
-
-
-async def _nothing() -> None:
-    return None
-  # a budget counter outlives its period by a day, for late settlements
+_BUDGET_SLACK_S = 86400  # a budget counter outlives its period by a day, for late settlements
 _MAX_BACKLOG = 100_000
 
 
@@ -166,18 +161,20 @@ class RedisLimiter(Limiter):
             self._running.setdefault(ident.tenant_id, set()).add(ctx.request_id)
 
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
-        await self.begin_settle(ctx, usage)
+        pending = self.begin_settle(ctx, usage)
+        if pending is not None:
+            await pending
 
     def holds_slot(self, ctx: RequestContext) -> bool:
         res = ctx.reservation
         return isinstance(res, Reservation) and res.concurrency and not res.local
 
-    def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None]:
+    def begin_settle(self, ctx: RequestContext, usage: Usage | None) -> Awaitable[None] | None:
         """The settle script is queued on the pipelined connection before this returns (it leaves before
         any callback scheduled afterwards); its reply is awaited by the returned awaitable."""
         res = ctx.reservation
         if not isinstance(res, Reservation):
-            return _nothing()
+            return None
         ctx.reservation = None
         actual = actual_tokens(usage)
         if res.local:
@@ -185,9 +182,9 @@ class RedisLimiter(Limiter):
             if res.budget_key is not None and actual:
                 owed = (res.tenant_id, res.budget_key)
                 self._owed[owed] = self._owed.get(owed, 0) + actual
-            return _nothing()
+            return None
         if not (res.tokens or res.concurrency or res.budget_key):
-            return _nothing()  # requests per minute only: nothing to give back, no round trip
+            return None  # requests per minute only: nothing to give back, no round trip
         if res.concurrency:
             running = self._running.get(res.tenant_id)
             if running is not None:
