@@ -1,10 +1,10 @@
 """The embedded store: one SQLite file in the data directory, in WAL mode.
 
 Two connections: a reader used on the event loop for the only hot read (key → identity, a single
-indexed row, microseconds) and ``PRAGMA data_version`` (which changes when *another* connection
-commits — the writer, or the ``noor`` CLI in another process — so a revoke anywhere reaches the
-gateway's key cache on the next request); and a writer used from a worker thread for everything else,
-so batch inserts of usage never block the loop.
+indexed row, microseconds); and a writer used from a worker thread for everything else, so batch
+inserts of usage never block the loop. The auth epoch is a shared memory-mapped file beside the database
+(``epoch_file.py``) that every change to tenants or keys, from any process, bumps after its commit, so a
+revoke anywhere reaches the gateway's key cache on the next request.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from router.store.base import (
     UsageTotal,
     effective_models,
 )
+from router.store.epoch_file import EpochFile
 
 T = TypeVar("T")
 
@@ -93,7 +94,7 @@ class SQLiteStore(Store):
         self._writer.executescript(_SCHEMA)
         self._reader = _connect(path)
         self._lock = threading.Lock()
-        self._local_changes = 0
+        self._epoch = EpochFile(path.with_name(path.name + "-epoch"))
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -106,13 +107,20 @@ class SQLiteStore(Store):
 
         return await asyncio.to_thread(locked)
 
+    async def _change(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A write to tenants or keys: committed, then the auth epoch moved (key caches everywhere drop)."""
+        try:
+            return await self._run(fn)
+        finally:
+            self._epoch.bump()  # also after a failure: a partial change must not stay hidden behind a cache
+
     # ---- tenants
     async def create_tenant(self, name, *, allowed_models=None, limits=None, weight=1.0, priority="interactive") -> Tenant:
         t = Tenant(
             id="ten_" + uuid.uuid4().hex[:16], name=name, allowed_models=list(allowed_models or ["*"]),
             limits=limits or TenantLimits(), weight=weight, priority=priority,
         )
-        await self._run(lambda c: c.execute(
+        await self._change(lambda c: c.execute(
             "INSERT INTO tenants VALUES (?,?,?,?,?,?,?)",
             (t.id, t.name, orjson.dumps(t.allowed_models), orjson.dumps(t.limits), t.weight, t.priority, t.created_at),
         ))
@@ -131,19 +139,19 @@ class SQLiteStore(Store):
         return [_tenant(r) for r in rows]
 
     async def update_tenant(self, tenant: Tenant) -> None:
-        await self._run(lambda c: c.execute(
+        await self._change(lambda c: c.execute(
             "UPDATE tenants SET name=?, allowed_models=?, limits=?, weight=?, priority=? WHERE id=?",
             (tenant.name, orjson.dumps(tenant.allowed_models), orjson.dumps(tenant.limits), tenant.weight,
              tenant.priority, tenant.id),
         ))
 
     async def delete_tenant(self, tenant_id: str) -> bool:
-        cur = await self._run(lambda c: c.execute("DELETE FROM tenants WHERE id=?", (tenant_id,)))
+        cur = await self._change(lambda c: c.execute("DELETE FROM tenants WHERE id=?", (tenant_id,)))
         return cur.rowcount > 0
 
     # ---- keys
     async def add_key(self, key: ApiKey) -> None:
-        await self._run(lambda c: c.execute(
+        await self._change(lambda c: c.execute(
             "INSERT INTO api_keys VALUES (?,?,?,?,?,?,?,?)",
             (key.id, key.tenant_id, key.name, key.prefix, key.key_hash,
              orjson.dumps(key.models) if key.models is not None else None, key.created_at, key.revoked_at),
@@ -160,7 +168,7 @@ class SQLiteStore(Store):
         return [_key(r) for r in rows]
 
     async def revoke_key(self, key_id: str) -> bool:
-        cur = await self._run(lambda c: c.execute(
+        cur = await self._change(lambda c: c.execute(
             "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL", (time.time(), key_id)
         ))
         return cur.rowcount > 0
@@ -180,7 +188,7 @@ class SQLiteStore(Store):
         )
 
     async def auth_epoch(self) -> object:
-        return self._reader.execute("PRAGMA data_version").fetchone()[0]
+        return self._epoch.read()
 
     # ---- usage
     async def add_usage(self, records: list[UsageRecord]) -> None:
@@ -228,3 +236,4 @@ class SQLiteStore(Store):
         with self._lock:
             self._writer.close()
         self._reader.close()
+        self._epoch.close()

@@ -1,10 +1,15 @@
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from router.keys import create_key, hash_key, rotate_key
 from router.store.base import TenantLimits, UsageRecord
 from router.store.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -36,6 +41,25 @@ async def test_epoch_sees_changes_from_another_process_connection(store, tmp_pat
     await other.create_tenant("elsewhere")
     assert await store.auth_epoch() != before
     await other.close()
+
+
+async def test_epoch_sees_a_revoke_in_another_process_and_ignores_usage_writes(store, tmp_path):
+    t = await store.create_tenant("acme")
+    key, _ = await create_key(store, t.id)
+    before = await store.auth_epoch()
+    await store.add_usage([])  # an empty batch, then a real one: usage is not an auth change
+    await store.add_usage([UsageRecord(request_id="r1", tenant_id=t.id, key_id=key.id, model="m")])
+    assert await store.auth_epoch() == before
+    script = (
+        "import asyncio, sys; from pathlib import Path; from router.store.sqlite import SQLiteStore\n"
+        "async def main():\n"
+        "    s = SQLiteStore(Path(sys.argv[1]))\n"
+        "    assert await s.revoke_key(sys.argv[2])\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "noor.db"), key.id], check=True, cwd=ROOT)
+    assert await store.auth_epoch() != before
 
 
 async def test_usage_totals_and_idempotent_inserts(store):
