@@ -66,6 +66,11 @@ class ModelEncoding(tiktoken.Encoding):
         self.has_byte_gaps = max(mergeable_ranks.values()) >= hf_vocab_size
         self.default_system_prompt = default_system_prompt
         self.normalization = normalization
+        # Text with no special-token text in it (nearly all of it) is encoded without tiktoken's
+        # special-token handling, which rebuilds and hands over the set of specials on every call
+        # (10.0 → 6.4 µs for a one-line message here).
+        specials = sorted(special_tokens, key=len, reverse=True)
+        self.find_special = re.compile("|".join(map(re.escape, specials))).search if specials else None
         # count_chat counts ChatML piece by piece (text between special tokens is encoded independently),
         # which needs <|im_start|> and <|im_end|> to be special tokens here.
         self.piece_counts: dict[str, int] | None = (
@@ -214,7 +219,11 @@ def count_text(enc: tiktoken.Encoding, text: str) -> int:
     normalization = getattr(enc, "normalization", None)
     if normalization:
         text = unicodedata.normalize(normalization, text)
-    ids = enc.encode(text, allowed_special="all")
+    find_special = getattr(enc, "find_special", False)
+    if find_special is None or (find_special and find_special(text) is None):
+        ids = enc.encode_ordinary(text)
+    else:
+        ids = enc.encode(text, allowed_special="all")
     if getattr(enc, "has_byte_gaps", False):
         limit = enc.hf_vocab_size  # type: ignore[attr-defined]
         return sum(1 for i in ids if i < limit)
