@@ -8,6 +8,7 @@ path (admin API, health, metrics, OpenAPI docs) falls through to the FastAPI app
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Awaitable, Callable
 
@@ -35,13 +36,18 @@ class OpenAIApp:
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self._rid_header = pipeline.request_id_header
+        # Request ids: 80 random bits per process, then a counter (48 bits), 32 hex digits in all as
+        # uuid4().hex has: unique across replicas and restarts (usage records are keyed by them) without
+        # a getrandom() call per request.
+        self._id_prefix = os.urandom(10).hex()
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith("/v1/"):
             await self.fallback(scope, receive, send)
             return
-        request_id = "req_" + os.urandom(16).hex()  # as unique as uuid4().hex, 4x cheaper
+        request_id = f"req_{self._id_prefix}{next(self._id_counter):012x}"
         method = scope["method"]
         try:
             kind = _POST_ROUTES.get(path)
