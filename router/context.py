@@ -26,6 +26,7 @@ class RequestContext:
     stream: bool = False
     count_prompt: Callable[[], int] | None = field(default=None, repr=False)
     _prompt_tokens: int | None = field(default=None, init=False, repr=False)
+    prompt_bound: int | None = None  # more tokens than the prompt can have, known without counting
     _max_tokens: int | None = field(default=0, init=False, repr=False)
     include_usage: bool = False  # the client asked for the closing usage chunk
     continuous_usage: bool = False  # the client asked for running usage on every chunk
@@ -74,6 +75,15 @@ class RequestContext:
     @prompt_tokens.setter
     def prompt_tokens(self, value: int) -> None:
         self._prompt_tokens = value
+
+    @property
+    def prompt_counted(self) -> bool:
+        return self._prompt_tokens is not None
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The client's ``max_tokens`` (None: it set none)."""
+        return self._max_tokens
 
     @property
     def max_tokens(self) -> int:

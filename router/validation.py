@@ -124,7 +124,7 @@ def validate(
         )
     ctx.count_prompt = functools.partial(_count, count_prompt, spec.name, body)
     ctx.max_tokens = requested  # None: whatever the prompt leaves of the context
-    bound = count_prompt.upper_bound(spec.name, body, body_bytes) if body_bytes is not None else None
+    bound = ctx.prompt_bound = count_prompt.upper_bound(spec.name, body, body_bytes) if body_bytes is not None else None
     if bound is None or bound >= spec.context_length or bound + (requested or 0) > spec.context_length:
         prompt_tokens = ctx.prompt_tokens  # counted now
         if prompt_tokens >= spec.context_length or prompt_tokens + (requested or 0) > spec.context_length:

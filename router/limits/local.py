@@ -24,7 +24,7 @@ from router.context import RequestContext
 from router.limits import Limiter
 from router.limits.decision import Bucket, Decision
 from router.limits.periods import budget_period
-from router.limits.reservation import Reservation, actual_tokens, limited, request_cost
+from router.limits.reservation import Reservation, actual_tokens, exact_cost, limited, request_cost
 from router.store.base import TenantLimits
 from serving.backends.base import Usage
 
@@ -149,7 +149,10 @@ class LocalLimiter(Limiter):
         ident = ctx.identity
         if ident is None or not limited(ident.limits):
             return
-        decision, res = self.take(ident.tenant_id, ctx.request_id, ident.limits, request_cost(ctx))
+        cost = request_cost(ctx)
+        decision, res = self.take(ident.tenant_id, ctx.request_id, ident.limits, cost)
+        if not decision.allowed and (exact := exact_cost(ctx, cost, decision.reason)) is not None:
+            decision, res = self.take(ident.tenant_id, ctx.request_id, ident.limits, exact)
         if not decision.allowed:
             raise decision.error(ident.tenant_name)
         ctx.headers.update(decision.headers())

@@ -39,7 +39,7 @@ from router.limits.decision import Bucket, Decision, unavailable
 from router.limits.local import LocalLimiter
 from router.limits.periods import budget_period
 from router.limits.redis_scripts import CHARGE, RENEW, RESERVE, SETTLE
-from router.limits.reservation import Reservation, actual_tokens, limited, request_cost
+from router.limits.reservation import Reservation, actual_tokens, exact_cost, limited, request_cost
 from router.store.base import TenantLimits
 from router.store.redis_link import Breaker, StoreUnavailable
 from router.store.redis_wire import PipelinedRedis
@@ -138,16 +138,20 @@ class RedisLimiter(Limiter):
         lim = ident.limits
         cost = request_cost(ctx)
         budget_key, reset_s = budget_period(lim.budget_period, time.time()) if lim.token_budget else (None, 0.0)
-        args = [ctx.request_id, cost, lim.requests_per_minute or 0, lim.tokens_per_minute or 0,
-                lim.max_concurrent or 0, lim.token_budget or 0, self.window_ms, int(self.lease_s * 1000),
-                int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
         keys = self._keys(ident.tenant_id, budget_key)
-        try:
-            raw = await self.breaker.call(lambda: self._script(self._reserve, keys, args))
-        except StoreUnavailable:
-            await self._reserve_degraded(ctx, lim, cost)
-            return
-        decision = self._decision(raw, lim, cost, reset_s)
+        while True:  # twice at most: a refusal at the prompt's bound is asked again at its exact count
+            args = [ctx.request_id, cost, lim.requests_per_minute or 0, lim.tokens_per_minute or 0,
+                    lim.max_concurrent or 0, lim.token_budget or 0, self.window_ms, int(self.lease_s * 1000),
+                    int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
+            try:
+                raw = await self.breaker.call(lambda: self._script(self._reserve, keys, args))  # noqa: B023
+            except StoreUnavailable:
+                await self._reserve_degraded(ctx, lim, cost)
+                return
+            decision = self._decision(raw, lim, cost, reset_s)
+            if decision.allowed or (exact := exact_cost(ctx, cost, decision.reason)) is None:
+                break
+            cost = exact
         if budget_key is not None and decision.budget is not None:
             self._seen_budget[ident.tenant_id] = (budget_key, decision.budget.used)
         if not decision.allowed:
@@ -250,6 +254,8 @@ class RedisLimiter(Limiter):
         if seen is not None:
             self.fallback.observe_budget(ident.tenant_id, *seen)
         decision, res = self.fallback.take(ident.tenant_id, ctx.request_id, lim, cost)
+        if not decision.allowed and (exact := exact_cost(ctx, cost, decision.reason)) is not None:
+            decision, res = self.fallback.take(ident.tenant_id, ctx.request_id, lim, exact)
         if not decision.allowed:
             raise decision.error(ident.tenant_name)
         ctx.headers.update(decision.headers())

@@ -15,6 +15,7 @@ import pytest
 import redis as redis_sync
 
 from router.limits.periods import budget_period
+from router.limits.reservation import BOUND_NOT_COUNTED
 from router.store.base import TenantLimits
 from tests.e2e.conftest import MODEL_A
 from tests.processes import gateway_replica, write_catalog
@@ -94,7 +95,9 @@ async def test_a_stream_cut_by_the_client_settles_to_its_real_usage(redis, gws):
     assert redis_state(redis, tenant) == (real, real)  # the unused ~1000 tokens went back at once
     # and the other replica sees exactly that
     status, headers, usage = stream(gws[1], secret, max_tokens=5)
-    assert status == 200 and int(headers["x-ratelimit-remaining-tokens"]) == 20_000 - real - (usage["prompt_tokens"] + 5)
+    held = 20_000 - real - int(headers["x-ratelimit-remaining-tokens"])  # what this request reserved
+    # its prompt reserved at its byte bound (short prompts are not counted), never less than the real count
+    assert status == 200 and usage["prompt_tokens"] + 5 <= held <= BOUND_NOT_COUNTED + 5
 
 
 async def test_a_budget_stops_streams_exactly_at_the_budget_across_replicas(redis, gws):

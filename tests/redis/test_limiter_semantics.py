@@ -232,3 +232,51 @@ async def test_fail_open_and_fail_closed_when_redis_is_away():
     assert err.status == 503 and err.code == "limits_unavailable"
     await open_.close()
     await closed.close()
+
+
+def bounded(limits: TenantLimits, *, prompt: int, bound: int, max_tokens: int | None) -> tuple[RequestContext, list[int]]:
+    """A request whose prompt is not counted yet: ``bound`` from validation, ``prompt`` once counted;
+    the list records each count."""
+    counts: list[int] = []
+
+    def count() -> int:
+        counts.append(prompt)
+        return prompt
+
+    c = RequestContext(request_id=f"req_{next(_ids)}", kind="chat", body={})
+    c.identity = Identity("key", "t-bound", "acme", frozenset({"*"}), limits)
+    c.model = ModelSpec(name="m", pool="p", context_length=4096)
+    c.count_prompt, c.prompt_bound, c.max_tokens = count, bound, max_tokens
+    return c, counts
+
+
+async def test_a_short_prompt_reserves_its_bound_without_being_counted(make):
+    lim = make()
+    a, counts = bounded(TenantLimits(tokens_per_minute=1000), prompt=10, bound=60, max_tokens=50)
+    await lim.reserve(a)
+    assert counts == [] and a.headers["x-ratelimit-remaining-tokens"] == str(1000 - 110)
+    await lim.settle(a, Usage(10, 5))  # the engine's real count replaces the bound
+    b, _ = bounded(TenantLimits(tokens_per_minute=1000), prompt=10, bound=60, max_tokens=50)
+    await lim.reserve(b)
+    assert b.headers["x-ratelimit-remaining-tokens"] == str(1000 - 15 - 110)
+
+
+async def test_a_refusal_at_the_bound_is_decided_again_on_the_exact_count(make):
+    lim = make()
+    limits = TenantLimits(tokens_per_minute=100)
+    a, counts = bounded(limits, prompt=10, bound=60, max_tokens=50)  # 110 > 100 at the bound; 60 exact
+    await lim.reserve(a)
+    assert counts == [10] and a.headers["x-ratelimit-remaining-tokens"] == "40"
+    b, counts = bounded(limits, prompt=10, bound=60, max_tokens=50)  # 60 + 60 > 100 even counted: refused
+    err = await refused(lim, b)
+    assert counts == [10] and err.type == "tokens" and "Used 60, Requested 60" in err.message
+
+
+async def test_long_prompts_are_counted_and_no_max_tokens_costs_the_context(make):
+    lim = make()
+    a, counts = bounded(TenantLimits(tokens_per_minute=100_000), prompt=300, bound=2000, max_tokens=50)
+    await lim.reserve(a)
+    assert counts == [300] and a.headers["x-ratelimit-remaining-tokens"] == str(100_000 - 350)
+    b, counts = bounded(TenantLimits(tokens_per_minute=100_000), prompt=300, bound=2000, max_tokens=None)
+    await lim.reserve(b)  # prompt + the rest of the 4096-token context, whatever the prompt
+    assert counts == [] and b.headers["x-ratelimit-remaining-tokens"] == str(100_000 - 350 - 4096)
