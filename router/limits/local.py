@@ -6,8 +6,9 @@ is away (fail-open), where each replica enforces its share of every limit on its
 Semantics (identical in ``redis_scripts.py``):
 
 - requests and tokens per minute are sliding logs: at most ``limit`` in ANY window of ``window_s``, not
-  per calendar minute (which lets 2x through around a minute boundary). A request reserves its prompt
-  + ``max_tokens`` at its start; settling replaces that by the engine's real count.
+  per calendar minute (which lets 2x through around a minute boundary). A request reserves its worst
+  case at its start (``reservation.request_cost``: its prompt's bound or count + ``max_tokens``);
+  settling replaces that by the engine's real count.
 - concurrency counts requests between reserve and settle.
 - a token budget is a counter per UTC day or month; reserve adds the worst case, settle corrects it.
 - all buckets are checked before any is charged: a refused request takes nothing.
