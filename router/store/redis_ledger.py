@@ -109,8 +109,17 @@ return folded
 _STOP_WAIT_S = 3.0
 
 
+_DAYS: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DD" (strftime costs ~2 µs per record)
+
+
 def day_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+    number = int(ts // 86400)
+    day = _DAYS.get(number)
+    if day is None:
+        if len(_DAYS) > 1024:
+            _DAYS.clear()
+        day = _DAYS[number] = datetime.fromtimestamp(number * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+    return day
 
 
 def consumer_name() -> str:
@@ -201,7 +210,10 @@ class UsageLedger:
                 # A malformed entry can never fold: acknowledge it so it does not block the group forever.
                 log.error("dropping malformed ledger entry %r: %r", entry_id, raw)
                 args += [entry_id, "", "", "", "", 0, 0, 0, ""]
-        n = int(await self._fold(keys=[self.stream], args=args))
+        if self._wire is not None:  # packed by hiredis: ~1 µs per record instead of redis-py's ~10
+            n = int(await self._wire.evalsha(self._fold.sha, _FOLD, [self.stream], args))  # type: ignore[arg-type]
+        else:
+            n = int(await self._fold(keys=[self.stream], args=args))
         self.folded += n
         return n
 
