@@ -12,7 +12,6 @@ then shares its round trip with the limiter's (one write, one wait) instead of p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -53,7 +52,7 @@ class Authenticator:
         if hit is None or time.monotonic() - hit[1] >= self._ttl_s:
             return await self.authenticate(authorization), None
         cached_under = self._epoch
-        read = asyncio.ensure_future(self._store.auth_epoch())  # sent with the request's next store command
+        read = self._store.auth_epoch_soon()  # sent with the request's next store command
 
         async def confirm() -> None:
             try:

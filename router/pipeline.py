@@ -80,20 +80,26 @@ class Pipeline:
         endpoint: Endpoint | None = None
         stream: UpstreamStream | None = None
         watch = _ClientWatch(disconnected)
-        settling: list[asyncio.Future] = []
+        settling: list[Awaitable[None]] = []
 
-        def settle_now() -> asyncio.Future | None:
+        def settle_now() -> Awaitable[None] | None:
             # Before the last bytes: a client that sends its next request on receiving them must find
             # its concurrency slot already given back (so that settle is waited for); other settles
-            # leave before the last bytes and are waited for after them.
+            # leave before the last bytes (their store write is queued by begin_settle) and their
+            # replies are awaited after them, in _finish, which every way out of the request runs.
             if ctx.reservation is None:
                 return None  # nothing reserved (no limits): nothing to give back
             wait = self.limiter.holds_slot(ctx)
             pending = self.limiter.begin_settle(ctx, ctx.usage)
             if pending is None:
                 return None  # settled already
-            settling.append(asyncio.ensure_future(pending))
-            return settling[0] if wait else None
+            if not wait:
+                settling.append(pending)  # no task (~10 µs): nothing waits for it before _finish
+                return None
+            # Awaited twice (before the last bytes, then in _finish), and must finish even if the request
+            # is cancelled in between: a task.
+            settling.append(task := asyncio.ensure_future(pending))
+            return task
 
         try:
             endpoint, result = await self._open(ctx, pool)

@@ -25,6 +25,7 @@ import calendar
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -282,6 +283,15 @@ class RedisStore(Store):
         if self.wire is None:
             return await self.breaker.call(lambda: self.client.get(self._epoch_key))
         return await self.breaker.call(lambda: self.wire.execute("GET", self._epoch_key))
+
+    def auth_epoch_soon(self) -> Awaitable[object]:
+        """The GET queued on the pipelined connection now (it leaves with the limiter's script); its reply
+        awaited later through the breaker, without a task."""
+        if self._pubsub is None and self.wire is not None and not self.breaker.is_down:
+            sent = self.wire.queue("GET", self._epoch_key)
+            if sent is not None:
+                return self.breaker.call(lambda: sent)
+        return super().auth_epoch_soon()
 
     # ---- usage
     async def add_usage(self, records: list[UsageRecord]) -> None:
