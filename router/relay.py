@@ -64,27 +64,33 @@ async def relay_stream(
     })
     include_usage, continuous, capture = ctx.include_usage, ctx.continuous_usage, ctx.capture
     clock = time.perf_counter
+    latest = None  # the last chunk carrying usage: only its usage is read, when the stream ends or is cut
     try:
-        async for chunk in stream:
-            t = clock()
-            if ctx.first_token_at is None:
-                ctx.first_token_at = t
-                if ctx.on_first_token is not None:
-                    ctx.on_first_token()  # the engine is past the prompt: admission may pace the next one
-            if chunk.usage is not None:
-                ctx.usage = chunk.usage
-            if chunk.usage_only:
-                if not include_usage:
-                    continue
-                data = chunk.data
-            else:
-                ctx.last_token_at, ctx.last_chunk = t, chunk.data
-                ctx.chunks += 1
-                if capture is not None:
-                    capture.append(chunk.data)
-                data = chunk.data if continuous else strip_usage(chunk.data)
-            await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
-            ctx.relay_s += clock() - t
+        try:
+            async for chunk in stream:
+                t = clock()
+                if ctx.first_token_at is None:
+                    ctx.first_token_at = t
+                    if ctx.on_first_token is not None:
+                        ctx.on_first_token()  # the engine is past the prompt: admission may pace the next one
+                if chunk.carries_usage:
+                    latest = chunk
+                if chunk.usage_only:
+                    if not include_usage:
+                        continue
+                    data = chunk.data
+                else:
+                    ctx.last_token_at, ctx.last_chunk = t, chunk.data
+                    ctx.chunks += 1
+                    if capture is not None:
+                        capture.append(chunk.data)
+                    data = chunk.data if continuous else strip_usage(chunk.data)
+                await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+                ctx.relay_s += clock() - t
+        finally:  # ended, broken or cut by the client: the usage so far is what gets billed
+            usage = latest.usage if latest is not None else None
+            if usage is not None:
+                ctx.usage = usage
     except StreamError as exc:
         ctx.status, ctx.outcome = exc.status, "error"
         if exc.usage is not None:  # the adapter's count of the partial answer (bills what was generated)

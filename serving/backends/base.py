@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,16 +63,35 @@ class UpstreamResponse:
     content_type: str = "application/json"
 
 
-@dataclass(slots=True)
 class StreamChunk:
     """One OpenAI stream chunk (JSON bytes, no SSE framing) and the running usage it carries.
 
     ``usage_only`` marks the closing chunk with empty ``choices`` that exists only to carry usage.
+    The usage is given, or read from ``data`` by ``read_usage`` when first asked for: every chunk of a
+    stream carries the running usage, the relay needs only the last one's, so the others are never
+    parsed (a few µs per chunk). ``carries_usage`` says, without parsing, whether there is any.
     """
 
-    data: bytes
-    usage: Usage | None = None
-    usage_only: bool = False
+    __slots__ = ("data", "usage_only", "carries_usage", "_usage", "_read")
+
+    def __init__(
+        self, data: bytes, usage: Usage | None = None, usage_only: bool = False, *,
+        read_usage: Callable[[bytes], Usage | None] | None = None,
+    ) -> None:
+        self.data = data
+        self.usage_only = usage_only
+        self._usage = usage
+        self._read = read_usage
+        self.carries_usage = usage is not None or read_usage is not None
+
+    @property
+    def usage(self) -> Usage | None:
+        if self._read is not None:
+            self._usage, self._read = self._read(self.data), None
+        return self._usage
+
+    def __repr__(self) -> str:
+        return f"StreamChunk({self.data!r}, usage_only={self.usage_only})"
 
 
 class UpstreamError(Exception):

@@ -54,6 +54,12 @@ def usage_from_chunk(data: bytes) -> Usage | None:
     return usage_from_obj(obj.get("usage")) if isinstance(obj, dict) else None
 
 
+def carries_usage(data: bytes) -> bool:
+    """Whether a chunk has a non-null ``usage`` (found without parsing it; ``usage_from_chunk`` reads it)."""
+    i = data.rfind(_USAGE_KEY)
+    return i >= 0 and not data.startswith(b"null", i + len(_USAGE_KEY))
+
+
 def is_usage_only(data: bytes) -> bool:
     """True for the closing chunk that has no choices and exists only to carry usage."""
     return _EMPTY_CHOICES in data

@@ -23,7 +23,7 @@ from serving.backends.base import (
     UpstreamResponse,
     UpstreamStream,
 )
-from serving.backends.openai_format import is_usage_only, usage_from_body, usage_from_chunk
+from serving.backends.openai_format import carries_usage, is_usage_only, usage_from_body, usage_from_chunk
 
 _PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 
@@ -79,7 +79,9 @@ def _chunk(line: bytes) -> StreamChunk | None:
         return None
     if data.startswith(b'{"error"') or data.startswith(b'{"object":"error"'):
         raise StreamError(_error_message(data))
-    return StreamChunk(data=data, usage=usage_from_chunk(data), usage_only=is_usage_only(data))
+    if not carries_usage(data):
+        return StreamChunk(data)
+    return StreamChunk(data, usage_only=is_usage_only(data), read_usage=usage_from_chunk)
 
 
 def _error_message(data: bytes) -> str:
