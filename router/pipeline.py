@@ -122,13 +122,15 @@ class Pipeline:
             raise
         finally:
             watch.stop()
-            if stream is not None:
-                await stream.aclose()
-            # ctx.endpoint, not the local: a cancellation while the engine request was being opened
-            # leaves _open holding an admitted endpoint, whose slot must still be given back.
-            if ctx.endpoint is not None:
-                self.admission.release(ctx, ctx.endpoint)
-            await self._finish(ctx, settling[0] if settling else None)
+            try:
+                if stream is not None:
+                    await stream.aclose()
+            finally:  # an adapter failing to close must not skip the way back
+                # ctx.endpoint, not the local: a cancellation while the engine request was being opened
+                # leaves _open holding an admitted endpoint, whose slot must still be given back.
+                if ctx.endpoint is not None:
+                    self.admission.release(ctx, ctx.endpoint)
+                await self._finish(ctx, settling[0] if settling else None)
 
     async def _admit(self, ctx: RequestContext, raw_body: bytes, authorization: str | None, *, early: bool) -> Pool:
         """Authenticate, validate and reserve limits; the pool to serve from.
