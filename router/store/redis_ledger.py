@@ -48,32 +48,25 @@ local stream, group, p, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local folded = 0
 local sums, hashes = {}, {}
 local combos, days, tenants, records, ids = {}, {}, {}, {}, {}
+-- map[key], made empty on first use, its keys listed in order of first use
+local function entry(map, order, key)
+  local value = map[key]
+  if not value then
+    value = {}
+    map[key] = value
+    order[#order + 1] = key
+  end
+  return value
+end
 for i = 4, #ARGV, 9 do
   local id, rid, tenant, model, day = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if rid ~= '' and redis.call('SET', p .. 'usage:seen:' .. rid, '1', 'NX', 'EX', ttl) then
-    local h = p .. 'usage:day:' .. day .. ':' .. tenant .. ':' .. model
-    local sum = sums[h]
-    if not sum then
-      sum = {0, 0, 0}
-      sums[h] = sum
-      hashes[#hashes + 1] = h
-    end
-    sum[1] = sum[1] + 1
-    sum[2] = sum[2] + tonumber(ARGV[i + 5])
-    sum[3] = sum[3] + tonumber(ARGV[i + 6])
-    local of_day = combos[day]
-    if not of_day then
-      of_day = {}
-      combos[day] = of_day
-      days[#days + 1] = day
-    end
-    of_day[tenant .. '\\n' .. model] = true
-    local rec = records[tenant]
-    if not rec then
-      rec = {}
-      records[tenant] = rec
-      tenants[#tenants + 1] = tenant
-    end
+    local sum = entry(sums, hashes, p .. 'usage:day:' .. day .. ':' .. tenant .. ':' .. model)
+    sum[1] = (sum[1] or 0) + 1
+    sum[2] = (sum[2] or 0) + tonumber(ARGV[i + 5])
+    sum[3] = (sum[3] or 0) + tonumber(ARGV[i + 6])
+    entry(combos, days, day)[tenant .. '\\n' .. model] = true
+    local rec = entry(records, tenants, tenant)
     rec[#rec + 1] = ARGV[i + 7]
     rec[#rec + 1] = ARGV[i + 8]
     folded = folded + 1
