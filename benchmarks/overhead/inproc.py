@@ -44,7 +44,7 @@ async def noor_app(stub_url: str, tmp: Path, stream: bool):
     from router.keys import create_key
     from router.store.base import TenantLimits
 
-    clients.install(os.environ.get("BENCH_CLIENT", "aiohttp"))
+    clients.install(os.environ.get("BENCH_CLIENT", "engine"))
     tok = None if os.environ.get("BENCH_NO_TOKENIZER") else find_tokenizer()
     spec = {"pool": "stub", "context_length": 2048, **({"tokenizer": str(tok)} if tok else {})}
     catalog = Catalog.from_dict({"pools": {"stub": {"endpoints": [stub_url]}}, "models": {"bench-model": spec}})
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--interval-ms", type=float, default=0.0, help="the stub's pause between stream chunks")
     ap.add_argument("--cprofile", action="store_true", help="print cProfile's top functions (slows everything)")
-    ap.add_argument("--client", choices=["aiohttp", "httpx", "httpx-aiohttp"], default="aiohttp",
+    ap.add_argument("--client", choices=["engine", "aiohttp", "httpx", "httpx-aiohttp"], default="engine",
                     help="Noor's upstream client (benchmark only: overhead/clients.py)")
     ap.add_argument("--nice", type=int, default=0, help="run in a new session at this autogroup niceness")
     ap.add_argument("--redis", action="store_true", help="Noor on its own redis-server (store, limits, metering)")

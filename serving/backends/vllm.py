@@ -1,15 +1,17 @@
 """Adapter for engines that already speak the OpenAI API: vLLM (and the simulator, which mimics it).
 
-The upstream client is aiohttp's, one pooled session per endpoint: measured here, httpx costs ~2 ms of
-CPU per proxied request and caps a one-core gateway near 200 req/s, aiohttp's client ~0.3 ms (see
-shared FACTS, "Python proxy ceiling"). Bodies pass through as bytes; only usage is read out of them.
+The upstream client is ``EngineHTTPClient`` (``http_client.py``), one per endpoint: measured here, httpx
+costs ~2 ms of CPU per proxied request and caps a one-core gateway near 200 req/s (shared FACTS, "Python
+proxy ceiling"), aiohttp's client ~130 µs, this one ~15 µs. Bodies pass through as bytes; only usage is
+read out of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
+import asyncio
+
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +25,7 @@ from serving.backends.base import (
     UpstreamResponse,
     UpstreamStream,
 )
+from serving.backends.http_client import EngineHTTPClient, EngineHTTPError, Response
 from serving.backends.openai_format import carries_usage, is_usage_only, usage_from_body, usage_from_chunk
 
 _PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
@@ -40,15 +43,15 @@ VLLM_METRICS = {
 class OpenAIStream(UpstreamStream):
     """An SSE stream from an OpenAI-speaking engine; closing it drops the connection, which aborts."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: Response) -> None:
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        # Whatever arrived, split into lines here: aiohttp's line iterator costs two readline() calls
-        # per SSE event (the event and its blank line), each a trip through its buffer machinery.
+        # Whatever arrived, split into lines here (a line-reading iterator would cost two reads per SSE
+        # event: the event and its blank line).
         partial = b""
         try:
-            async for data in self._response.content.iter_any():
+            async for data in self._response:
                 lines = (partial + data if partial else data).split(b"\n")
                 partial = lines.pop()
                 for line in lines:
@@ -61,10 +64,10 @@ class OpenAIStream(UpstreamStream):
                 chunk = _chunk(partial)
                 if chunk is not None:
                     yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StreamError(f"engine stream broke: {exc!r}", status=502) from exc
+        except EngineHTTPError as exc:
+            raise StreamError(f"engine stream broke: {exc}", status=502) from exc
         finally:
-            self._response.release()
+            self._response.release()  # kept for the next request if read to its end, else closed
 
     async def aclose(self) -> None:
         # close(), not release(): the connection must go, so the engine sees the client leave and
@@ -111,42 +114,25 @@ class VLLMBackend(Backend):
         super().__init__(url)
         if engine:
             self.engine = engine
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
-        self._probe_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                # aiohttp's default User-Agent stays: skipping it takes a slower header path (~5 µs a request).
-                connector=connector, timeout=self._timeout, auto_decompress=False,
-            )
+        self._client = EngineHTTPClient(self.url, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
+        self._probe_timeout_s = health_timeout_s
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("backend not started")
-        return self._session
-
-    async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+    async def _post(self, request: UpstreamRequest) -> Response:
         headers = {"content-type": "application/json", "x-request-id": request.request_id, **request.headers}
         try:
-            return await self.session.post(
-                self.url + _PATHS[request.kind], data=orjson.dumps(request.body), headers=headers
-            )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(502, b"", retryable=True, message=f"engine unreachable: {exc!r}") from exc
+            return await self._client.request("POST", _PATHS[request.kind], orjson.dumps(request.body), headers)
+        except EngineHTTPError as exc:
+            raise UpstreamError(502, b"", retryable=True, message=f"engine unreachable: {exc}") from exc
 
     @staticmethod
-    async def _refuse(response: aiohttp.ClientResponse) -> UpstreamError:
-        body = await response.read()
-        response.release()
+    async def _refuse(response: Response) -> UpstreamError:
+        try:
+            body = await response.read()
+        except EngineHTTPError:
+            body = b""
         # 4xx means the request itself is wrong: another endpoint would say the same.
         return UpstreamError(response.status, body, retryable=response.status >= 500 or response.status == 429)
 
@@ -156,10 +142,8 @@ class VLLMBackend(Backend):
             raise await self._refuse(response)
         try:
             body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(502, b"", retryable=True, message=f"engine response broke: {exc!r}") from exc
-        finally:
-            response.release()
+        except EngineHTTPError as exc:
+            raise UpstreamError(502, b"", retryable=True, message=f"engine response broke: {exc}") from exc
         return UpstreamResponse(status=200, body=body, usage=usage_from_body(body))
 
     async def stream(self, request: UpstreamRequest) -> UpstreamStream:
@@ -168,22 +152,23 @@ class VLLMBackend(Backend):
             raise await self._refuse(response)
         return OpenAIStream(response)
 
-    async def health(self) -> bool:
+    async def _get(self, path: str) -> tuple[int, bytes] | None:
         try:
-            async with self.session.get(self.url + "/health", timeout=self._probe_timeout) as r:
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+            async with asyncio.timeout(self._probe_timeout_s):
+                response = await self._client.request("GET", path)
+                return response.status, await response.read()
+        except (EngineHTTPError, TimeoutError):
+            return None
+
+    async def health(self) -> bool:
+        answer = await self._get("/health")
+        return answer is not None and answer[0] == 200
 
     async def signals(self) -> EngineSignals | None:
-        try:
-            async with self.session.get(self.url + "/metrics", timeout=self._probe_timeout) as r:
-                if r.status != 200:
-                    return None
-                text = await r.text()
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        answer = await self._get("/metrics")
+        if answer is None or answer[0] != 200:
             return None
-        return parse_signals(text, self.metric_names)
+        return parse_signals(answer[1].decode("utf-8", errors="replace"), self.metric_names)
 
 
 def parse_signals(text: str, names: dict[str, str]) -> EngineSignals:
