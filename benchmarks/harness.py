@@ -78,7 +78,7 @@ async def serve_gateway(
         })
         gw = Gateway(settings, catalog)
         config = uvicorn.Config(gw.asgi(), host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                                http="httptools", loop="none", access_log=False)
+                                http="router.http_server:GatewayHTTPProtocol", loop="none", access_log=False)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # Ctrl-C stays the caller's
         task = asyncio.create_task(server.serve())

@@ -71,7 +71,7 @@ def start_gateway(data: Path, redis_url: str, stub_url: str, auth: str, **extra:
     env = {"NOOR_CATALOG_PATH": str(catalog), "NOOR_DATA_DIR": str(data), "NOOR_STORE__URL": redis_url,
            "NOOR_STORE__AUTH_INVALIDATION": auth, **{"NOOR_" + k: v for k, v in extra.items()}}
     proc = spawn([sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
-                  "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+                  "--port", str(port), "--loop", "uvloop", "--http", "router.http_server:GatewayHTTPProtocol", "--log-level", "warning",
                   "--no-access-log"], env)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/ready")

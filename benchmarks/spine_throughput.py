@@ -75,7 +75,7 @@ def start_gateway(vllm_url: str, data: Path, port: int) -> subprocess.Popen:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning"],
+         "--port", str(port), "--loop", "uvloop", "--http", "router.http_server:GatewayHTTPProtocol", "--log-level", "warning"],
         env=env, cwd=Path(__file__).resolve().parents[1],
     )
 

@@ -116,6 +116,6 @@ def gateway_replica(data_dir: Path, *, redis_url: str, catalog: Path, admin_toke
     }
     env.update({"NOOR_" + k: v for k, v in settings.items()})
     args = [sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--host", "127.0.0.1",
-            "--port", str(port), "--loop", "asyncio", "--http", "httptools", "--log-level", "warning",
+            "--port", str(port), "--loop", "asyncio", "--http", "router.http_server:GatewayHTTPProtocol", "--log-level", "warning",
             "--no-access-log"]
     return ServerProcess(args, port=port, log_path=data_dir / f"gateway-{port}.log", env=env)

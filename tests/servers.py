@@ -9,6 +9,8 @@ import time
 
 import uvicorn
 
+from router.http_server import UVICORN_HTTP
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -17,12 +19,13 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 in a daemon thread (its own event loop)."""
+    """Serve an ASGI app with uvicorn (and the gateway's HTTP protocol) on 127.0.0.1 in a daemon thread (its own
+    event loop)."""
 
     def __init__(self, app, port: int | None = None) -> None:
         self.port = port or free_port()
         self.config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                     loop="asyncio", http="httptools", lifespan="on")
+                                     loop="asyncio", http=UVICORN_HTTP, lifespan="on")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

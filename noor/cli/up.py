@@ -22,6 +22,7 @@ from rich.panel import Panel
 from models.catalog import Catalog
 from noor.settings import Settings
 from router.app import Gateway
+from router.http_server import UVICORN_HTTP
 from router.keys import create_key
 from router.store import open_store
 from router.telemetry.logs import configure_logging
@@ -58,7 +59,7 @@ def _serve(settings: Settings, catalog: Catalog) -> None:
     configure_logging(settings.telemetry)
     uvicorn.run(
         Gateway(settings, catalog).asgi(), host=settings.server.host, port=settings.server.port,
-        loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        loop="uvloop", http=UVICORN_HTTP, log_level="warning", access_log=False,
     )
 
 
@@ -170,7 +171,7 @@ def serve(
         # Each worker builds its own gateway from the same environment.
         uvicorn.run(
             "router.app:create_app", factory=True, workers=workers, host=settings.server.host,
-            port=settings.server.port, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+            port=settings.server.port, loop="uvloop", http=UVICORN_HTTP, log_level="warning", access_log=False,
         )
         return
     _serve(settings, Catalog.load(settings.catalog_path))
