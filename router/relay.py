@@ -8,7 +8,6 @@ before it sees the chunk.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -44,9 +43,8 @@ async def send_once(
     })
     if before_end is not None:
         pending = before_end()
-        # Wait for what must be done before the client sees the end; else let what before_end queued
-        # (the limiter's settle) leave first.
-        await (pending if pending is not None else asyncio.sleep(0))
+        if pending is not None:  # what must be done before the client sees the end
+            await pending
     await send({"type": "http.response.body", "body": response.body})
 
 
@@ -99,7 +97,6 @@ async def relay_stream(
         await send({"type": "http.response.body", "body": event, "more_body": True})
     if before_end is not None:
         pending = before_end()
-        # Wait for what must be done before the client sees the end; else let what before_end queued
-        # (the limiter's settle) leave first.
-        await (pending if pending is not None else asyncio.sleep(0))
+        if pending is not None:  # what must be done before the client sees the end
+            await pending
     await send({"type": "http.response.body", "body": _DONE})

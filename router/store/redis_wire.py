@@ -35,17 +35,30 @@ class _Wire(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self.out: list[bytes] = []  # commands of this loop iteration, written together by flush()
+        self._flush_soon = False  # flush() is scheduled for this loop iteration
+        self._flush_later: asyncio.TimerHandle | None = None  # ... or, for commands that may wait, later
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
 
-    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.out:
-            loop.call_soon(self.flush)
+    def send(self, command: bytes, loop: asyncio.AbstractEventLoop, *, within_s: float = 0.0) -> None:
+        """Queue ``command``: it leaves with this loop iteration's others, or, given ``within_s``, with the
+        next command that cannot wait, and at the latest ``within_s`` from now."""
         self.out.append(command)
+        if self._flush_soon:
+            return
+        if not within_s:
+            self._flush_soon = True
+            loop.call_soon(self.flush)
+        elif self._flush_later is None:
+            self._flush_later = loop.call_later(within_s, self.flush)
 
     def flush(self) -> None:
+        self._flush_soon = False
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
         out, self.out = self.out, []
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))
@@ -128,17 +141,18 @@ class PipelinedRedis:
         wire.send(hiredis.pack_command(args), loop)
         return await fut
 
-    def queue(self, *args: object) -> asyncio.Future | None:
+    def queue(self, *args: object, within_s: float = 0.0) -> asyncio.Future | None:
         """Queue one command without waiting: it leaves with this loop iteration's others, before any
-        callback scheduled after this call runs. Its reply's future; None when not connected (the
-        caller then uses ``execute``)."""
+        callback scheduled after this call runs — or, given ``within_s``, it may wait that long for
+        another command to share its write (and Redis's reply with it). Its reply's future; None when
+        not connected (the caller then uses ``execute``)."""
         wire, loop = self._wire, self._loop
         if wire is None or loop is None or wire.transport is None or wire.transport.is_closing():
             return None
         fut = loop.create_future()
         timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, fut) if self._socket_timeout_s else None
         wire.waiters.append((fut, timer))
-        wire.send(hiredis.pack_command(args), loop)
+        wire.send(hiredis.pack_command(args), loop, within_s=within_s)
         return fut
 
     async def execute_many(self, commands: list[tuple]) -> list[object]:
@@ -176,6 +190,7 @@ class PipelinedRedis:
 
     async def close(self) -> None:
         if self._wire is not None and self._wire.transport is not None:
+            self._wire.flush()  # what is queued still leaves
             self._wire.transport.close()
         self._wire = None
 

@@ -116,3 +116,38 @@ async def test_many_commands_in_one_write_and_an_error_among_them(wire):
         await wire.execute_many([("GET", "str"), ("LPUSH", "str", "y"), ("GET", "str")])
     assert await wire.execute_many([]) == []
     assert await wire.execute("LLEN", "l") == 300
+
+
+async def test_a_command_that_may_wait_leaves_with_the_next_one_or_on_its_own(wire, redis_url):
+    await wire.execute("PING")  # connected
+    transport = wire._wire.transport
+    writes: list[bytes] = []
+    real_write = transport.write
+
+    def spy(data: bytes) -> None:
+        writes.append(data)
+        real_write(data)
+
+    transport.write = spy
+    try:
+        waiting = wire.queue("INCRBY", "lazy", 5, within_s=10.0)
+        await asyncio.sleep(0.05)
+        assert writes == [] and not waiting.done()  # held: nothing else to ride with yet
+        assert await wire.execute("INCRBY", "lazy", 1) == 6  # the held one went first, in the same write
+        assert await waiting == 5 and len(writes) == 1
+        alone = wire.queue("INCRBY", "lazy", 10, within_s=0.05)
+        assert await asyncio.wait_for(alone, 5) == 16  # nothing came along: it left after its wait
+        assert len(writes) == 2
+        held = wire.queue("SET", "lazy:closing", "1", within_s=10.0)
+    finally:
+        transport.write = real_write
+    await wire.close()  # what is held still leaves before the connection closes (its reply is not read)
+    with pytest.raises(ConnectionError):
+        await held
+    client = aioredis.Redis.from_url(redis_url)
+    for _ in range(100):  # Redis reads the closed connection's last bytes in its own time
+        if await client.get("lazy:closing") == b"1":
+            break
+        await asyncio.sleep(0.02)
+    assert await client.get("lazy:closing") == b"1"
+    await client.aclose()
