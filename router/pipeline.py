@@ -84,9 +84,10 @@ class Pipeline:
 
         def settle_now() -> Awaitable[None] | None:
             # Before the last bytes: a client that sends its next request on receiving them must find
-            # its concurrency slot already given back (so that settle is waited for); other settles
-            # leave before the last bytes (their store write is queued by begin_settle) and their
-            # replies are awaited after them, in _finish, which every way out of the request runs.
+            # its concurrency slot already given back (so that settle is waited for). Other settles are
+            # only queued by begin_settle (the same connection carries this process's next reserve
+            # after them) and their replies awaited after the last bytes, in _finish, which every way
+            # out of the request runs.
             if ctx.reservation is None:
                 return None  # nothing reserved (no limits): nothing to give back
             wait = self.limiter.holds_slot(ctx)
@@ -226,9 +227,10 @@ class _ClientWatch:
         self.client_left = False
         self._active = True
         self._disconnected = disconnected
-        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()  # once: on Python 3.11 each lookup is a getpid() system call
+        self._task = asyncio.current_task(loop)
         self._watcher: asyncio.Future | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self.WATCH_AFTER_S, self._start)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(self.WATCH_AFTER_S, self._start)
 
     def _start(self) -> None:
         self._timer = None
