@@ -37,6 +37,9 @@ class StoreSettings(BaseModel):
     key_cache_ttl_s: float = 30.0
     usage_flush_interval_s: float = 0.5
     usage_flush_max_records: int = 500
+    usage_write_slice: int = Field(
+        default=50, description="Usage records per store write; the gateway serves requests between slices."
+    )
     spool_dir: Path | None = Field(default=None, description="Local spool for usage records while the store is away.")
     # Redis only (ignored by SQLite).
     redis_prefix: str = Field(default="noor:", description="Namespace of every Redis key Noor writes.")

@@ -61,7 +61,7 @@ class Gateway:
         spool = settings.store.spool_dir or settings.data_dir / "spool"
         self.meter = Meter(
             self.store, spool_path=spool / "usage.jsonl", flush_interval_s=settings.store.usage_flush_interval_s,
-            max_batch=settings.store.usage_flush_max_records,
+            max_batch=settings.store.usage_flush_max_records, write_slice=settings.store.usage_write_slice,
         )
         self.telemetry = Telemetry.from_settings(
             settings.telemetry, pools=self.pools, admission=self.admission, span_exporter=span_exporter

