@@ -24,6 +24,10 @@ import httptools
 
 #: A stream's unread bytes above which the engine's socket stops being read (the client is slow).
 PAUSE_ABOVE = 256 * 1024
+#: How long an answer released before its end may take to end, so that its connection can be kept.
+#: An SSE stream's last bytes (the chunked terminator after ``[DONE]``) usually arrive a moment after
+#: the event the reader stops at: closing there would cost every stream a new connection.
+DRAIN_S = 1.0
 
 
 class EngineHTTPError(Exception):
@@ -47,7 +51,8 @@ class Response:
     ``close()`` drops the connection instead: the way to abort a stream.
     """
 
-    __slots__ = ("status", "_conn", "_parts", "_buffered", "_done", "_error", "_waiter", "_whole", "_released")
+    __slots__ = ("status", "_conn", "_parts", "_buffered", "_done", "_error", "_waiter", "_whole", "_released",
+                 "_draining")
 
     def __init__(self, conn: _Connection) -> None:
         self.status = 0
@@ -59,6 +64,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._whole = False  # read() is collecting the whole body: never pause
         self._released = False
+        self._draining: asyncio.TimerHandle | None = None  # released before its end: waiting for it
 
     async def read(self) -> bytes:
         """The whole body. The connection goes back to the pool (or, on any failure, is closed)."""
@@ -96,21 +102,36 @@ class Response:
             await self._wait()
 
     def release(self) -> None:
-        """Done with the answer: its connection serves the next request if the answer was read to its
-        end, and is closed if not (its unread rest would be taken for the next answer)."""
+        """Done with the answer: its connection serves the next request once the answer has ended —
+        at once if it has, else if it does within ``DRAIN_S`` (what else arrives is dropped) — and is
+        closed otherwise."""
         if self._released:
             return
         self._released = True
         conn = self._conn
-        if self._done and conn.keep_alive:
-            conn.reuse()
+        if self._done:
+            conn.reuse() if conn.keep_alive else conn.close()
+        elif self._error is None and not conn.closed:
+            self._parts = []
+            conn.resume()
+            self._draining = conn.loop.call_later(DRAIN_S, conn.close)
         else:
             conn.close()
 
     def close(self) -> None:
-        """Drop the connection now, whatever is left unread; the engine sees the client leave."""
-        self._released = True
-        self._conn.close()
+        """Drop the connection now, whatever is left unread; the engine sees the client leave. Once the
+        answer was released, the connection is no longer this answer's: nothing is done."""
+        if not self._released:
+            self._released = True
+            self._conn.close()
+
+    def _drained(self) -> None:
+        """The end of an answer released before it arrived: the connection can serve again."""
+        assert self._draining is not None
+        self._draining.cancel()
+        self._draining = None
+        conn = self._conn
+        conn.reuse() if conn.keep_alive else conn.close()
 
     # -- fed by the connection --
 
@@ -127,6 +148,8 @@ class Response:
             waiter.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        if self._draining is not None:
+            return
         self._parts.append(data)
         self._buffered += len(data)
         if self._buffered > PAUSE_ABOVE and not self._whole:
@@ -220,14 +243,20 @@ class _Connection(asyncio.Protocol):
             return
         self.received = True
         self.last_heard = self.loop.time()
+        response = self.response
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.response._fail(EngineHTTPError(f"engine at {self.client.url} sent bad HTTP: {exc}"))
+            response._fail(EngineHTTPError(f"engine at {self.client.url} sent bad HTTP: {exc}"))
             self.close()
+            return
+        if response._draining is not None and response._done:
+            response._drained()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.response is not None and self.response._draining is not None:
+            self.response._draining.cancel()
         self.client._forget(self)
         if self._timer is not None:
             self._timer.cancel()

@@ -307,3 +307,35 @@ async def test_header_values_with_line_breaks_are_refused():
         await client.request("POST", "/", b"{}", {"traceparent": "x\r\nx-evil: 1"})
     with pytest.raises(ValueError):
         EngineHTTPClient("ftp://example.com")
+
+
+async def test_an_answer_released_just_before_its_end_keeps_its_connection():
+    # An SSE stream's reader stops at [DONE]; the chunked terminator comes in a later packet.
+    async def handler(reader, writer, n):
+        while await server.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(b"e\r\ndata: [DONE]\n\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with connected(handler) as (server, client):
+        for _ in range(3):
+            r = await client.request("POST", "/stream", b"{}")
+            assert await r.__anext__() == b"data: [DONE]\n\n"
+            r.release()  # before the terminator arrived
+            r.close()  # what the adapter's aclose() then does: the connection is no longer this answer's
+            await asyncio.sleep(0.1)
+        assert server.connections == 1
+
+
+async def test_closing_an_answer_already_released_leaves_the_next_request_on_its_connection_alone():
+    async with connected(echo_server()) as (server, client):
+        first = await client.request("GET", "/1")
+        assert await first.read() == b"conn 1: GET /1 HTTP/1.1"  # read() released it
+        second = await client.request("GET", "/2")  # the same connection
+        first.close()
+        assert await second.read() == b"conn 1: GET /2 HTTP/1.1"
+        assert await (await client.request("GET", "/3")).read() == b"conn 1: GET /3 HTTP/1.1"
+        assert server.connections == 1
