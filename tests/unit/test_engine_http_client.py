@@ -232,17 +232,23 @@ async def test_closing_a_stream_drops_the_connection_so_the_server_sees_the_clie
         assert server.connections == 2
 
 
-async def test_an_answer_released_unread_closes_its_connection_and_the_next_is_not_confused():
+def in_two_packets(first: bytes, rest: bytes) -> Server:
+    """A server answering every request with a chunked body whose ``rest`` comes 50 ms after ``first``."""
+
     async def handler(reader, writer, n):
         while await server.read_request(reader) is not None:
-            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-            writer.write(b"5\r\nfirst\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + first)
             await writer.drain()
             await asyncio.sleep(0.05)
-            writer.write(b"4\r\nrest\r\n0\r\n\r\n")
+            writer.write(rest)
             await writer.drain()
 
-    async with connected(handler) as (server, client):
+    server = Server(handler)
+    return server
+
+
+async def test_an_answer_released_unread_closes_its_connection_and_the_next_is_not_confused():
+    async with connected(in_two_packets(b"5\r\nfirst\r\n", b"4\r\nrest\r\n0\r\n\r\n")) as (server, client):
         r = await client.request("GET", "/")
         assert await r.__anext__() == b"first"
         r.release()  # the rest unread
@@ -311,16 +317,7 @@ async def test_header_values_with_line_breaks_are_refused():
 
 async def test_an_answer_released_just_before_its_end_keeps_its_connection():
     # An SSE stream's reader stops at [DONE]; the chunked terminator comes in a later packet.
-    async def handler(reader, writer, n):
-        while await server.read_request(reader) is not None:
-            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-            writer.write(b"e\r\ndata: [DONE]\n\n\r\n")
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-
-    async with connected(handler) as (server, client):
+    async with connected(in_two_packets(b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n")) as (server, client):
         for _ in range(3):
             r = await client.request("POST", "/stream", b"{}")
             assert await r.__anext__() == b"data: [DONE]\n\n"
