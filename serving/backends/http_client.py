@@ -110,7 +110,7 @@ class Response:
         self._released = True
         conn = self._conn
         if self._done:
-            conn.reuse() if conn.keep_alive else conn.close()
+            conn.finished()
         elif self._error is None and not conn.closed:
             self._parts = []
             conn.resume()
@@ -130,8 +130,7 @@ class Response:
         assert self._draining is not None
         self._draining.cancel()
         self._draining = None
-        conn = self._conn
-        conn.reuse() if conn.keep_alive else conn.close()
+        self._conn.finished()
 
     # -- fed by the connection --
 
@@ -191,12 +190,15 @@ class _Connection(asyncio.Protocol):
             self._timer = self.loop.call_at(self.last_heard + self.client.read_timeout_s, self._check_silence)
         return response
 
-    def reuse(self) -> None:
+    def finished(self) -> None:
+        """The answer was read to its end: the connection waits for the next request, unless the server
+        said it closes it."""
         self.response = None
-        if self.closed:
-            return
-        self.idle_since = self.loop.time()
-        self.client._idle[self] = None
+        if not self.keep_alive:
+            self.close()
+        elif not self.closed:
+            self.idle_since = self.loop.time()
+            self.client._idle[self] = None
 
     def close(self) -> None:
         if not self.closed:
