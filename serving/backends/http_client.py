@@ -24,9 +24,10 @@ import httptools
 
 #: A stream's unread bytes above which the engine's socket stops being read (the client is slow).
 PAUSE_ABOVE = 256 * 1024
-#: How long an answer released before its end may take to end, so that its connection can be kept.
-#: An SSE stream's last bytes (the chunked terminator after ``[DONE]``) usually arrive a moment after
-#: the event the reader stops at: closing there would cost every stream a new connection.
+#: How long an answer released to drain (``Response.release(drain=True)``) may take to end, so that its
+#: connection can be kept. An SSE stream's last bytes (the chunked terminator after ``[DONE]``) usually
+#: arrive a moment after the event the reader stops at: closing there would cost every stream a new
+#: connection.
 DRAIN_S = 1.0
 
 
@@ -101,17 +102,18 @@ class Response:
                 raise StopAsyncIteration
             await self._wait()
 
-    def release(self) -> None:
-        """Done with the answer: its connection serves the next request once the answer has ended —
-        at once if it has, else if it does within ``DRAIN_S`` (what else arrives is dropped) — and is
-        closed otherwise."""
+    def release(self, *, drain: bool = False) -> None:
+        """Done with the answer: its connection serves the next request if the answer was read to its
+        end, and is closed if not (the engine sees the client leave). ``drain``: the reader knows only the
+        answer's last bytes are left (an SSE stream after ``[DONE]``: the chunked terminator, which often
+        comes in a later packet), so the connection is kept if they arrive within ``DRAIN_S``."""
         if self._released:
             return
         self._released = True
         conn = self._conn
         if self._done:
             conn.finished()
-        elif self._error is None and not conn.closed:
+        elif drain and self._error is None and not conn.closed:
             self._parts = []
             conn.resume()
             self._draining = conn.loop.call_later(DRAIN_S, conn.close)

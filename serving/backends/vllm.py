@@ -50,6 +50,7 @@ class OpenAIStream(UpstreamStream):
         # Whatever arrived, split into lines here (a line-reading iterator would cost two reads per SSE
         # event: the event and its blank line).
         partial = b""
+        at_done = False  # stopped at [DONE]: only the chunked terminator can be left
         try:
             async for data in self._response:
                 lines = (partial + data if partial else data).split(b"\n")
@@ -58,6 +59,7 @@ class OpenAIStream(UpstreamStream):
                     if line.startswith(b"data: "):
                         chunk = _chunk(line)
                         if chunk is None:
+                            at_done = True
                             return
                         yield chunk
             if partial.startswith(b"data: "):  # a last line without its newline
@@ -67,7 +69,9 @@ class OpenAIStream(UpstreamStream):
         except EngineHTTPError as exc:
             raise StreamError(f"engine stream broke: {exc}", status=502) from exc
         finally:
-            self._response.release()  # kept for the next request if read to its end, else closed
+            # Kept for the next request if read to its end (or only its terminator is left); closed
+            # otherwise, which is how a stream cut by its client aborts the engine's request at once.
+            self._response.release(drain=at_done)
 
     async def aclose(self) -> None:
         # close(), not release(): the connection must go, so the engine sees the client leave and

@@ -321,7 +321,7 @@ async def test_an_answer_released_just_before_its_end_keeps_its_connection():
         for _ in range(3):
             r = await client.request("POST", "/stream", b"{}")
             assert await r.__anext__() == b"data: [DONE]\n\n"
-            r.release()  # before the terminator arrived
+            r.release(drain=True)  # before the terminator arrived
             r.close()  # what the adapter's aclose() then does: the connection is no longer this answer's
             await asyncio.sleep(0.1)
         assert server.connections == 1

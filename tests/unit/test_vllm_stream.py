@@ -79,3 +79,50 @@ async def test_nothing_after_done_is_read():
 async def test_error_event_raises():
     with pytest.raises(StreamError, match="boom"):
         await _collect([_sse(C1, b'{"error":{"message":"boom","type":"server_error"}}')])
+
+
+async def test_a_stream_cut_by_its_client_closes_the_engine_connection_at_once():
+    """Cancelled while waiting for the next chunk (the client left): the generator's own cleanup runs
+    first, and must close the connection — not keep it to drain — so the engine aborts the request."""
+    left = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for _ in range(500):
+                await resp.write(_sse(C1))
+                await asyncio.sleep(0.01)
+        except (ConnectionError, asyncio.CancelledError):
+            left.set()
+            raise
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    backend = VLLMBackend(f"http://127.0.0.1:{port}")
+    await backend.start()
+    try:
+        stream = await backend.stream(UpstreamRequest(kind="chat", body={}, stream=True, request_id="r"))
+        got: list = []
+
+        async def consume() -> None:
+            async for chunk in stream:
+                got.append(chunk)
+
+        task = asyncio.create_task(consume())
+        while not got:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await stream.aclose()
+        # well before the 1 s a released-at-[DONE] answer may take to drain
+        await asyncio.wait_for(left.wait(), 0.5)
+    finally:
+        await backend.close()
+        await runner.cleanup()
