@@ -1,8 +1,11 @@
-"""The pure parts of telemetry: refusal reasons, latencies from stage stamps, the JSON log line."""
+"""The pure parts of telemetry: refusal reasons, latencies from stage stamps, the JSON log line, and the
+handler that writes log lines in batches (to a real pipe)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import orjson
 import pytest
@@ -12,7 +15,7 @@ from router.context import RequestContext
 from router.errors import OpenAIError, bad_request, model_not_found, no_capacity, unauthorized
 from router.store.base import Identity, TenantLimits
 from router.telemetry import Telemetry
-from router.telemetry.logs import JsonFormatter, access_fields
+from router.telemetry.logs import BatchedLineHandler, JsonFormatter, access_fields
 from router.telemetry.reasons import REASONS, refusal_reason
 from router.telemetry.timing import Timings
 from serving.backends.base import Usage
@@ -131,3 +134,64 @@ def test_spans_built_after_the_request_encode_as_otlp():
     message = encoder.encode_spans(spans)
     assert len(message.resource_spans[0].scope_spans[0].spans) == 8
     assert message.SerializeToString()
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_log_lines_are_written_in_order_in_batches_and_at_once_for_warnings():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    handler = BatchedLineHandler(w, max_bytes=10_000, interval_s=3600)  # only size, level and close write
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("test.batched")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for i in range(3):
+            log.info("line %d", i)
+        assert _drain(r) == b""  # held: no write per line
+        log.warning("careful")
+        assert _drain(r) == b"INFO line 0\nINFO line 1\nINFO line 2\nWARNING careful\n"
+        log.info("x" * 12_000)  # past max_bytes: written at once
+        assert _drain(r) == b"INFO " + b"x" * 12_000 + b"\n"
+        log.info("last")
+        handler.close()  # what logging.shutdown() does at exit
+        assert _drain(r) == b"INFO last\n"
+    finally:
+        log.removeHandler(handler)
+        os.close(r)
+        os.close(w)
+
+
+def test_held_lines_leave_within_the_interval():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    handler = BatchedLineHandler(w, interval_s=0.05)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("test.batched.timer")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        log.info("soon")
+        got = b""
+        for _ in range(100):
+            got += _drain(r)
+            if got:
+                break
+            time.sleep(0.02)
+        assert got == b"soon\n"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        os.close(r)
+        os.close(w)
