@@ -57,6 +57,7 @@ DEGRADED = Gauge("noor_limits_degraded", "1 while this replica enforces limits l
 
 _BUDGET_SLACK_S = 86400  # a budget counter outlives its period by a day, for late settlements
 _MAX_BACKLOG = 100_000
+_STOP_WAIT_S = 3.0
 #: How long a settle nobody waits for (no concurrency slot to free) may wait for another command to
 #: share its write: at a few hundred requests a second and up it rides with the next reserve, and the
 #: gateway saves a send() and a reply's wake-up per request (tens of µs of CPU here). Within one process
@@ -102,6 +103,7 @@ class RedisLimiter(Limiter):
         self._seen_budget: dict[str, tuple[str, int]] = {}  # tenant -> (period, used) as Redis last said
         self.degraded = False
         self._task: asyncio.Task | None = None
+        self._stopping = False
         breaker.on_recover(self._recovered)
 
     @classmethod
@@ -120,14 +122,20 @@ class RedisLimiter(Limiter):
     # ---- lifecycle
     async def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._maintain(), name="limits-maintain")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            # redis-py can swallow a cancel that lands inside a pipeline's execute (it becomes a connection
+            # error, which the loop survives, renewing leases forever: a test hung on it). So the loop also
+            # stops on _stopping, and is cancelled again until it ends, giving up after a few seconds.
+            self._stopping = True
+            deadline = time.monotonic() + _STOP_WAIT_S
+            while not task.done() and time.monotonic() < deadline:
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
         with contextlib.suppress(Exception):
             await self._flush_backlog()
         if self._own_wire and self._wire is not None:
@@ -302,7 +310,7 @@ class RedisLimiter(Limiter):
 
     async def _maintain(self) -> None:
         next_renew = time.monotonic() + self.lease_s / 3
-        while True:
+        while not self._stopping:
             await asyncio.sleep(0.25)
             try:
                 if self._unsettled or self._owed:

@@ -15,7 +15,7 @@ from router.errors import OpenAIError
 from router.limits.local import LocalLimiter
 from router.limits.redis import RedisLimiter
 from router.store.base import Identity, TenantLimits
-from router.store.redis_link import Breaker, make_client
+from router.store.redis_link import Breaker, StoreUnavailable, make_client
 from serving.backends.base import Usage
 
 _ids = itertools.count()
@@ -212,6 +212,30 @@ async def test_a_dead_replicas_concurrency_slots_expire(redis_url):
     await asyncio.sleep(0.7)
     await live.reserve(ctx(limits))
     await live.close()
+
+
+async def test_closing_ends_the_lease_renewals_even_when_a_cancel_is_swallowed(redis_url):
+    """redis-py can turn a cancel landing inside a pipeline's execute into a connection error; the
+    maintenance loop survives those, so a single cancel left it renewing leases forever and close()
+    waiting for it (a suite run hung there)."""
+    limiter = redis_limiter(redis_url, lease_s=0.3)
+    await limiter.reserve(ctx(TenantLimits(max_concurrent=1)))  # a lease to renew: the loop has work
+    renew = limiter._renew_leases
+    swallowed = 0
+
+    async def renew_swallowing_cancels() -> None:
+        nonlocal swallowed
+        try:
+            await renew()
+            await asyncio.sleep(1.0)  # a slow round trip: the cancel lands in here
+        except asyncio.CancelledError:
+            swallowed += 1
+            raise StoreUnavailable("what redis-py made of the cancel") from None
+
+    limiter._renew_leases = renew_swallowing_cancels
+    await asyncio.sleep(0.5)  # the loop is inside its first renewal
+    await asyncio.wait_for(limiter.close(), 5)
+    assert limiter._task is None and swallowed == 1
 
 
 async def test_fail_open_and_fail_closed_when_redis_is_away():
