@@ -8,6 +8,8 @@ adapter really receives them as separate reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -21,6 +23,24 @@ C2 = b'{"id":"a","choices":[{"delta":{"content":"lo"}}],"usage":{"prompt_tokens"
 USAGE = b'{"id":"a","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
 
 
+@contextlib.asynccontextmanager
+async def engine(handler) -> AsyncIterator[VLLMBackend]:
+    """An aiohttp server answering chat completions with ``handler``, and the adapter pointed at it."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    backend = VLLMBackend(f"http://127.0.0.1:{port}")
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await runner.cleanup()
+
+
 async def _collect(pieces: list[bytes]) -> tuple[list[bytes], list]:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -31,22 +51,11 @@ async def _collect(pieces: list[bytes]) -> tuple[list[bytes], list]:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    backend = VLLMBackend(f"http://127.0.0.1:{port}")
-    await backend.start()
-    try:
+    async with engine(handler) as backend:
         stream = await backend.stream(UpstreamRequest(kind="chat", body={}, stream=True, request_id="r"))
         chunks = [c async for c in stream]
         await stream.aclose()
         return [c.data for c in chunks], chunks
-    finally:
-        await backend.close()
-        await runner.cleanup()
 
 
 def _sse(*events: bytes, sep: bytes = b"\n") -> bytes:
@@ -98,15 +107,7 @@ async def test_a_stream_cut_by_its_client_closes_the_engine_connection_at_once()
             raise
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    backend = VLLMBackend(f"http://127.0.0.1:{port}")
-    await backend.start()
-    try:
+    async with engine(handler) as backend:
         stream = await backend.stream(UpstreamRequest(kind="chat", body={}, stream=True, request_id="r"))
         got: list = []
 
@@ -123,6 +124,3 @@ async def test_a_stream_cut_by_its_client_closes_the_engine_connection_at_once()
         await stream.aclose()
         # well before the 1 s a released-at-[DONE] answer may take to drain
         await asyncio.wait_for(left.wait(), 0.5)
-    finally:
-        await backend.close()
-        await runner.cleanup()
