@@ -4,8 +4,8 @@ written together with its first body bytes.
 uvicorn writes the status line and headers as soon as the app sends ``http.response.start``, then each
 body message on its own; uvloop sends every write at once, so a small JSON answer costs two ``send()``
 calls (and the client two wake-ups). On this project's machine a syscall on a loopback socket costs
-tens of µs, and joining the two saved 50-70 µs of the gateway's ~500 µs per request at 1,000 req/s
-(``docs/performance.md``). Latency is unchanged: the head is only ever held until the app's next
+tens of µs, and joining the two saved ~30 µs of the gateway's ~500 µs per request at 1,000 req/s
+(three alternating pairs, ``docs/performance.md``). Latency is unchanged: the head is only ever held until the app's next
 ``send``, which for the gateway's answers follows at once.
 
 Run with ``uvicorn --http router.http_server:GatewayHTTPProtocol`` (``noor serve`` does). The head is

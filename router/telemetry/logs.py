@@ -77,9 +77,9 @@ class BatchedLineHandler(logging.Handler):
     With the access log on, every request logs a line, and a handler that writes (and flushes) each one
     pays a system call per request, and wakes whatever reads the other end of a pipe (a container's log
     collector). Measured here (``benchmarks/overhead/log_lines.py``): an access line cost 11-31 µs of CPU
-    through ``StreamHandler``, 8-16 µs batched. Lines are kept in order and written whole, when ``max_bytes`` are waiting, every
-    ``interval_s`` (a daemon thread), at once for a warning or worse, and at exit (``logging.shutdown``
-    flushes handlers). A process killed outright loses at most ``interval_s`` of lines.
+    through ``StreamHandler``, 8-16 µs batched. Lines are kept in order and written whole, when
+    ``max_bytes`` are waiting, every ``interval_s`` (a daemon thread), at once for a warning or worse,
+    and at exit (``logging.shutdown`` flushes handlers). A process killed outright loses at most ``interval_s`` of lines.
     """
 
     def __init__(self, fd: int = 2, *, max_bytes: int = 64 * 1024, interval_s: float = 0.2) -> None:
