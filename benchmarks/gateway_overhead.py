@@ -78,9 +78,9 @@ class Bench:
 
     # ---- processes
 
-    def start(self, name: str, cmd: list[str], cores: str, env: dict | None = None) -> Proc:
+    def start(self, name: str, cmd: list[str], cores: str, env: dict | None = None, rt: int | None = None) -> Proc:
         proc = Proc(name, cmd, cores=cores, nice=self.args.nice, env=os.environ | (env or {}), log_dir=self.log_dir,
-                    cwd=targets.REPO, rt=self.args.rt)
+                    cwd=targets.REPO, rt=self.args.rt if rt is None else rt)
         self.procs.append(proc)
         return proc
 
@@ -107,7 +107,7 @@ class Bench:
         port = free_port()
         exe = shutil.which("redis-server") or "redis-server"
         proc = self.start("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                          self.args.load_cores)
+                          self.args.load_cores, rt=self.args.redis_rt if self.args.redis_rt is not None else self.args.rt)
         deadline = time.monotonic() + 10
         while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
             if time.monotonic() > deadline or not proc.alive():
@@ -313,6 +313,9 @@ def main() -> None:
     ap.add_argument("--load-cores", default="0")
     ap.add_argument("--nice", type=int, default=0, help="niceness for every process started here (negative: above other work)")
     ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority for every process started here (0: off)")
+    ap.add_argument("--redis-rt", type=int, default=None,
+                    help="SCHED_FIFO priority for the redis-server (default: --rt); above --rt, it runs the moment "
+                         "it is woken instead of waiting for the load generator or the stub to end a loop pass")
     ap.add_argument("--rates", default="250,500,1000,1500,2000")
     ap.add_argument("--litellm-rates", default="10,25,50,100")
     ap.add_argument("--duration", type=float, default=5.0)
@@ -350,7 +353,7 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
     bench = Bench(args, run_dir)
     report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
-        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt}}
+        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt, "redis_rt": args.redis_rt}}
     tokenizer = None if args.no_tokenizer else targets.find_tokenizer()
     extra_env = dict(kv.split("=", 1) for kv in args.noor_env)
     print(f"# gateway overhead — logs in {run_dir}; tokenizer: {tokenizer or 'none'}; "

@@ -82,10 +82,10 @@ class RedisStore(Store):
         breaker: Breaker | None = None,
         auth_invalidation: Literal["version", "pubsub"] = "version",
         ledger_aggregate: bool = True,
-        ledger_batch: int = 50,
+        ledger_batch: int = 20,
         ledger_claim_idle_s: float = 30.0,
         retention_days: int = 90,
-        block_ms: int = 500,
+        ledger_poll_s: float = 0.25,
         autopipeline: bool = True,
     ) -> None:
         self.client = client
@@ -99,7 +99,7 @@ class RedisStore(Store):
         self.wire = PipelinedRedis.like(client) if autopipeline else None
         self.ledger = UsageLedger(
             client, self.breaker, prefix=prefix, batch=ledger_batch, claim_idle_s=ledger_claim_idle_s,
-            retention_days=retention_days, block_ms=block_ms, wire=self.wire,
+            retention_days=retention_days, poll_s=ledger_poll_s, wire=self.wire,
         )
         self._epoch_key = prefix + "auth:epoch"
         self._channel = prefix + "auth:changed"
@@ -120,8 +120,7 @@ class RedisStore(Store):
             auth_invalidation=options.auth_invalidation, ledger_aggregate=options.ledger_aggregate,
             ledger_batch=options.ledger_batch, ledger_claim_idle_s=options.ledger_claim_idle_s,
             retention_days=options.usage_records_retention_days,
-            # a blocking read must end well before the socket timeout would call it a failure
-            block_ms=max(10, min(500, int(options.redis_socket_timeout_s * 250))),
+            ledger_poll_s=options.ledger_poll_s,
             autopipeline=options.redis_autopipeline,
         )
 

@@ -2,18 +2,22 @@
 
 Producers (every gateway's meter, through ``RedisStore.add_usage``) only ``XADD``: one round trip per
 batch, nothing computed on the way. Aggregators (a background task in each gateway, or ``noor ledger``)
-read the stream through one consumer group, so each entry is handed to one consumer, and fold each batch
-with one Lua script that, atomically:
+share one consumer group, so each entry is handed to one consumer, and take each batch with one Lua
+script that, atomically and inside Redis (the aggregator sends one command and reads back four numbers:
+no batch crosses the network or the gateway's event loop):
 
+- reads up to ``batch`` entries for its consumer (new ones, its own unacknowledged ones, or with
+  ``XAUTOCLAIM`` those a dead consumer held) and decodes each record (``cjson``);
 - skips a record whose request id was folded before (a ``SET NX`` marker: the meter's spool may replay a
   batch that half-reached Redis, so one request can be appended twice);
 - adds it to the per tenant/model/day hash, and keeps the raw record in the tenant's time-ordered set
   (what ``usage_records`` exports);
 - acknowledges and deletes the stream entry.
 
-So a batch is either folded and acknowledged as a whole, or not at all. A consumer that dies holding a
-batch leaves it pending in the group; another consumer takes it over with ``XAUTOCLAIM`` once it has
-been idle for ``claim_idle_s``, and folding it again is harmless.
+So a batch is either read, folded and acknowledged as a whole, or not at all. Entries left pending in
+the group (by a version that read and folded in two steps, or a consumer that died between them) are
+taken over with ``XAUTOCLAIM`` once idle for ``claim_idle_s``; folding one again is harmless. A
+drained aggregator looks again every ``poll_s`` (a script cannot block on a stream).
 """
 
 from __future__ import annotations
@@ -39,15 +43,49 @@ log = logging.getLogger("noor.ledger")
 
 GROUP = "aggregator"
 
-_FOLD = """
--- KEYS[1]: the stream. ARGV: group, key prefix, marker ttl (s), then 9 per record:
--- entry id, request id, tenant, model, day, prompt tokens, completion tokens, ts, record json.
+#: ``day_of(ts)`` in Lua: the UTC calendar day of a Unix time, "YYYY-MM-DD" (days-from-civil inverted,
+#: integer arithmetic only: Redis's Lua has no date library). Same answers as Python's ``day_of``.
+LUA_DAY = """
+local function day_of(ts)
+  local z = math.floor(ts / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02d', y, m, d)
+end
+"""
+
+#: Read one batch from the consumer group and fold it, in Redis. The gateway only sends this and reads
+#: back four numbers: it used to read the batch (redis-py's XREADGROUP reply, parsed into dicts), decode
+#: each record and send it all back as the fold's arguments — a few milliseconds on the gateway's loop
+#: per 50 records, which the requests arriving meanwhile waited for (docs/performance.md).
+_READ_AND_FOLD = LUA_DAY + """
+-- KEYS[1]: the stream. ARGV: group, key prefix, marker ttl (s), consumer, mode, count, then for
+-- mode 'claim' the minimum idle time (ms) and the id to start from.
+-- mode 'new': entries never delivered; 'own': those this consumer read and did not acknowledge;
+-- 'claim': those other consumers held longer than the idle time (XAUTOCLAIM).
 -- Redis runs nothing else while a script runs, so the batch's writes are summed here first and sent
 -- as one command per key: per record only its exactly-once marker remains.
-local stream, group, p, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+-- Returns {records folded, entries read, next claim id ('' unless claiming), ids of malformed entries}.
+local stream, group, p, ttl, consumer, mode, count = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local entries, next_id = {}, ''
+if mode == 'claim' then
+  local r = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[7], ARGV[8], 'COUNT', count)
+  next_id, entries = r[1], r[2]
+else
+  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream,
+                       mode == 'own' and '0' or '>')
+  if r then entries = r[1][2] end
+end
 local folded = 0
 local sums, hashes = {}, {}
-local combos, days, tenants, records, ids = {}, {}, {}, {}, {}
+local combos, days, tenants, records, ids, malformed = {}, {}, {}, {}, {}, {}
+local day_names = {}
 -- map[key], made empty on first use, its keys listed in order of first use
 local function entry(map, order, key)
   local value = map[key]
@@ -58,20 +96,40 @@ local function entry(map, order, key)
   end
   return value
 end
-for i = 4, #ARGV, 9 do
-  local id, rid, tenant, model, day = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  if rid ~= '' and redis.call('SET', p .. 'usage:seen:' .. rid, '1', 'NX', 'EX', ttl) then
-    local sum = entry(sums, hashes, p .. 'usage:day:' .. day .. ':' .. tenant .. ':' .. model)
-    sum[1] = (sum[1] or 0) + 1
-    sum[2] = (sum[2] or 0) + tonumber(ARGV[i + 5])
-    sum[3] = (sum[3] or 0) + tonumber(ARGV[i + 6])
-    entry(combos, days, day)[tenant .. '\\n' .. model] = true
-    local rec = entry(records, tenants, tenant)
-    rec[#rec + 1] = ARGV[i + 7]
-    rec[#rec + 1] = ARGV[i + 8]
-    folded = folded + 1
+local function field(fields, name)
+  for j = 1, #fields, 2 do
+    if fields[j] == name then return fields[j + 1] end
   end
-  if id ~= '' then ids[#ids + 1] = id end
+end
+for _, e in ipairs(entries) do
+  local id, fields = e[1], e[2]
+  ids[#ids + 1] = id
+  if fields then  -- false: deleted while pending, nothing to fold, only to acknowledge
+    local raw = field(fields, 'r')
+    local ok, rec = pcall(cjson.decode, raw or '')
+    local ts = ok and type(rec) == 'table' and tonumber(rec.ts)
+    local rid, tenant, model = ts and rec.request_id, ts and rec.tenant_id, ts and rec.model
+    if type(rid) ~= 'string' or type(tenant) ~= 'string' or type(model) ~= 'string' then
+      -- can never fold: acknowledged, so it does not block the group forever; the caller logs it
+      malformed[#malformed + 1] = id
+    elseif rid == '' or redis.call('SET', p .. 'usage:seen:' .. rid, '1', 'NX', 'EX', ttl) then
+      local number = math.floor(ts / 86400)
+      local day = day_names[number]
+      if not day then
+        day = day_of(ts)
+        day_names[number] = day
+      end
+      local sum = entry(sums, hashes, p .. 'usage:day:' .. day .. ':' .. tenant .. ':' .. model)
+      sum[1] = (sum[1] or 0) + 1
+      sum[2] = (sum[2] or 0) + math.floor(tonumber(rec.prompt_tokens) or 0)
+      sum[3] = (sum[3] or 0) + math.floor(tonumber(rec.completion_tokens) or 0)
+      entry(combos, days, day)[tenant .. '\\n' .. model] = true
+      local rec_list = entry(records, tenants, tenant)
+      rec_list[#rec_list + 1] = ts
+      rec_list[#rec_list + 1] = raw
+      folded = folded + 1
+    end
+  end
 end
 for _, h in ipairs(hashes) do
   local sum = sums[h]
@@ -95,7 +153,7 @@ if #ids > 0 then
   redis.call('XACK', stream, group, unpack(ids))
   redis.call('XDEL', stream, unpack(ids))
 end
-return folded
+return {folded, #entries, next_id, malformed}
 """
 
 
@@ -128,10 +186,10 @@ class UsageLedger:
         *,
         prefix: str = "noor:",
         consumer: str | None = None,
-        batch: int = 500,
+        batch: int = 20,
         claim_idle_s: float = 30.0,
         retention_days: int = 90,
-        block_ms: int = 500,
+        poll_s: float = 0.25,
         wire: PipelinedRedis | None = None,
     ) -> None:
         self._r = client
@@ -143,11 +201,11 @@ class UsageLedger:
         self.batch = batch
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.retention_s = retention_days * 86400
-        self.block_ms = block_ms
+        self.poll_s = poll_s
         # The background aggregator has a breaker of its own: its blocking reads must never make the
         # request path believe Redis is away.
         self._bg_breaker = Breaker(breaker.retry_after_s)
-        self._fold = client.register_script(_FOLD)
+        self._script = client.register_script(_READ_AND_FOLD)
         self._group_ready = False
         self._own_pending = True  # fold what this consumer read but did not fold, before reading on
         self._task: asyncio.Task | None = None
@@ -184,68 +242,57 @@ class UsageLedger:
                 raise
         self._group_ready = True
 
-    async def _fold_entries(self, entries: list) -> int:
-        """Fold stream entries ``[(id, {b"r": json}), ...]`` in one script call; returns records newly counted."""
-        if not entries:
-            return 0
-        args: list = [GROUP, self.prefix, self.retention_s]
-        for entry_id, fields in entries:
-            if not fields:  # deleted while pending: nothing to fold, only to acknowledge
-                args += [entry_id, "", "", "", "", 0, 0, 0, ""]
-                continue
-            raw = fields.get(b"r")
-            try:
-                rec = orjson.loads(raw)
-                ts = float(rec["ts"])
-                args += [entry_id, rec["request_id"], rec["tenant_id"], rec["model"], day_of(ts),
-                         int(rec.get("prompt_tokens") or 0), int(rec.get("completion_tokens") or 0), ts, raw]
-            except Exception:
-                # A malformed entry can never fold: acknowledge it so it does not block the group forever.
-                log.error("dropping malformed ledger entry %r: %r", entry_id, raw)
-                args += [entry_id, "", "", "", "", 0, 0, 0, ""]
-        if self._wire is not None:  # packed by hiredis: ~1 µs per record instead of redis-py's ~10
-            n = int(await self._wire.evalsha(self._fold.sha, _FOLD, [self.stream], args))  # type: ignore[arg-type]
-        else:
-            n = int(await self._fold(keys=[self.stream], args=args))
-        self.folded += n
-        return n
+    async def _step(self, mode: str, start: str = "0-0") -> tuple[int, str]:
+        """Read one batch (``mode``: new, own or claim) and fold it, in one script call on Redis.
 
-    async def _read(self, block_ms: int | None) -> int:
+        Returns how many entries were read and, when claiming, the id to go on from.
+        """
+        args: list = [GROUP, self.prefix, self.retention_s, self.consumer, mode, self.batch]
+        if mode == "claim":
+            args += [self.claim_idle_ms, start]
+        if self._wire is not None:  # the pipelined connection: no pool checkout, ~15 µs per call
+            reply = await self._wire.evalsha(self._script.sha, _READ_AND_FOLD, [self.stream], args)
+        else:
+            reply = await self._script(keys=[self.stream], args=args)
+        folded, read, next_id, malformed = reply  # type: ignore[misc]
+        if malformed:
+            log.error("dropped %d malformed ledger entries: %s", len(malformed),
+                      ", ".join(m.decode() if isinstance(m, bytes) else str(m) for m in malformed[:10]))
+        self.folded += int(folded)
+        return int(read), next_id.decode() if isinstance(next_id, bytes) else str(next_id)
+
+    async def _read(self) -> int:
         """Read and fold one batch; returns how many entries were read.
 
-        After a failure this consumer may hold entries it read but never folded (Redis went away between
-        the read and the fold): it folds those first (id ``0`` reads its own pending entries), then new
-        ones (``>``). Without this they would wait ``claim_idle_s`` for a claim.
+        After a failure this consumer may hold entries it read but never acknowledged (left by a
+        version that read and folded in two steps, or a script Redis killed): it folds those first,
+        then new ones. Without this they would wait ``claim_idle_s`` for a claim.
         """
-        own = self._own_pending
         try:
-            resp = await self._r.xreadgroup(GROUP, self.consumer, {self.stream: "0" if own else ">"}, count=self.batch,
-                                            block=None if own else block_ms)
+            if self._own_pending:
+                read, _ = await self._step("own")
+                if read < self.batch:  # that was the last of them
+                    self._own_pending = False
+                if read:
+                    return read
+            read, _ = await self._step("new")
+            return read
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis restarted empty, or the stream was deleted
                 self._group_ready = False
                 await self._ensure_group()
                 return 0
             raise
-        entries = resp[0][1] if resp else []
-        if own and not entries:
-            self._own_pending = False
-            return await self._read(block_ms)
-        await self._fold_entries(entries)
-        return len(entries)
 
     async def _claim(self) -> int:
         """Take over and fold entries other consumers (dead ones) held longer than ``claim_idle_s``."""
         start, total = "0-0", 0
         while True:
-            resp = await self._r.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, start, count=self.batch)
-            start, entries = resp[0], resp[1]
-            entries = [e for e in entries if e is not None and e[1] is not None]
-            if entries:
-                log.warning("claimed %d ledger entries left pending by another consumer", len(entries))
-                await self._fold_entries(entries)
-                total += len(entries)
-            if start in (b"0-0", "0-0"):
+            read, start = await self._step("claim", start)
+            if read:
+                log.warning("claimed %d ledger entries left pending by another consumer", read)
+                total += read
+            if start == "0-0":
                 return total
 
     async def catch_up(self, max_batches: int = 1000) -> None:
@@ -255,7 +302,7 @@ class UsageLedger:
             await self._ensure_group()
             await self._claim()
             for _ in range(max_batches):
-                if await self._read(None) == 0:
+                if await self._read() == 0:
                     return
 
         try:
@@ -315,7 +362,8 @@ class UsageLedger:
                 if now >= next_maintenance:
                     await self.maintain()
                     next_maintenance = now + 3600
-                await self._bg_breaker.call(lambda: self._read(self.block_ms))
+                if await self._bg_breaker.call(self._read) < self.batch:
+                    await asyncio.sleep(self.poll_s)  # drained: look again in a while
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable:

@@ -145,3 +145,48 @@ async def test_a_consumer_folds_what_it_read_before_a_failure_without_waiting_fo
     totals = await store.usage_totals()
     assert totals[0].requests == 6
     assert (await store.client.xpending(store.ledger.stream, GROUP))["pending"] == 0
+
+
+async def test_the_ledger_script_names_days_as_python_does(store):
+    # The fold names each record's UTC day in Lua (Redis has no date library): the same day as day_of,
+    # across leap years, century rules, month ends and the instants either side of midnight.
+    import random
+
+    from router.store.redis_ledger import LUA_DAY, day_of
+
+    rng = random.Random(7)
+    stamps = [0.0, 86399.999, 86400.0, 951_782_400.0 - 0.001, 951_782_400.0, 951_868_800.0,  # 2000-02-29, 03-01
+              4_107_542_400.0, 4_107_542_400.0 - 0.5, 1_709_164_800.0, 1_709_251_200.0 - 1e-3]  # 2100-03-01, 2024-02-29
+    stamps += [rng.uniform(0, 4_200_000_000) for _ in range(300)]
+    script = LUA_DAY + "local out = {} for i, ts in ipairs(ARGV) do out[i] = day_of(tonumber(ts)) end return out"
+    got = await store.client.eval(script, 0, *[repr(t) for t in stamps])
+    assert [d.decode() for d in got] == [day_of(t) for t in stamps]
+
+
+async def test_malformed_ledger_entries_are_acknowledged_logged_and_the_rest_folded(store, caplog):
+    await store.add_usage([rec(1), rec(2)])
+    bad = [await store.client.xadd(store.ledger.stream, {b"r": raw})
+           for raw in (b"not json", b'{"request_id": "r9"}', b'["a list"]')]
+    await store.client.xadd(store.ledger.stream, {b"other": b"field"})
+    await store.add_usage([rec(3)])
+    with caplog.at_level("ERROR", logger="noor.ledger"):
+        totals = await store.usage_totals()
+    assert (totals[0].requests, totals[0].completion_tokens) == (3, 6)
+    assert await store.client.xlen(store.ledger.stream) == 0
+    assert (await store.client.xpending(store.ledger.stream, GROUP))["pending"] == 0
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "dropped 4 malformed ledger entries" in logged and bad[0].decode() in logged
+
+
+async def test_the_ledger_folds_through_redis_py_too(redis_url):
+    from router.store.redis import make_client
+
+    s = RedisStore(make_client(redis_url), autopipeline=False)
+    try:
+        assert s.ledger._wire is None
+        await s.add_usage([rec(i) for i in range(120)])  # more than two batches of 50
+        totals = await s.usage_totals()
+        assert (totals[0].requests, totals[0].completion_tokens) == (120, sum(range(120)))
+        assert s.ledger.folded == 120
+    finally:
+        await s.close()
