@@ -15,7 +15,8 @@ Reported:
    the gateway's CPU share and CPU per request; then two searches for the maximum rate: strict (p99
    added < 10 ms, errors < 0.1 %) and capacity (p99 added < 100 ms, errors < 1 %).
 2. Streaming (64 chunks): added time to first chunk and added per-chunk transit at 16 concurrent
-   streams; 1,000 concurrent open streams on one worker.
+   streams (paired too: each stream through the gateway opened with one straight to the stub); 1,000
+   concurrent open streams on one worker.
 3. The same for LiteLLM's proxy (installed into its own venv on first use), one worker, same core;
    ``--mini`` adds a minimal raw-ASGI + aiohttp proxy, the floor for any Python gateway.
 4. Worker scaling (``--workers-scaling N``): N workers on ``--scaling-cores`` against one.
@@ -213,11 +214,11 @@ class Bench:
             lo, hi = (mid, hi) if meets(row, criterion) else (lo, mid)
         return {"criterion": criterion, "limits": CRITERIA[criterion], "max": lo, "first_failing": hi, "rows": rows}
 
-    def streams(self, target: targets.Target | None, concurrency: int) -> dict:
+    def streams(self, target: targets.Target | None, concurrency: int, baseline: str | None = None) -> dict:
         url, key = (target.url, target.key) if target else (self.stub_url, None)
         argv = ["streams", "--url", url, "--concurrency", str(concurrency), "--duration", str(self.args.duration),
                 "--warmup", str(self.args.warmup), "--chunks", str(self.args.chunks), "--model", targets.MODEL]
-        return self.loadgen(*argv, *(["--key", key] if key else []))
+        return self.loadgen(*argv, *(["--key", key] if key else []), *(["--baseline-url", baseline] if baseline else []))
 
     def hold(self, target: targets.Target | None, n: int) -> dict:
         url, key = (target.url, target.key) if target else (self.hold_url, None)
@@ -226,11 +227,15 @@ class Bench:
         return self.loadgen(*argv, *(["--key", key] if key else []))
 
     def stream_section(self, target: targets.Target, proc: Proc) -> dict:
-        direct = self.streams(None, 16)
+        """16 streams back to back; paired (the default), each with one straight to the stub opened at the
+        same instant, as the rate rows are; otherwise the direct run first, then the one through."""
+        direct = None if self.args.paired else self.streams(None, 16)
         cpu0, t0 = proc.cpu_seconds(), time.monotonic()
-        via = self.streams(target, 16)
+        via = self.streams(target, 16, baseline=self.stub_url if self.args.paired else None)
         cpu = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-        out = {"concurrency": 16, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3)}
+        if direct is None:
+            direct = via.pop("baseline")
+        out = {"concurrency": 16, "paired": self.args.paired, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3)}
         for what in ("ttft_ms", "chunk_transit_ms"):
             d, v = direct[what], via[what]
             if d.get("n") and v.get("n"):
@@ -323,7 +328,8 @@ def main() -> None:
     ap.add_argument("--grace", type=float, default=10.0)
     ap.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson")
     ap.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
-                    help="send each arrival direct and through at once (default) instead of one run after the other")
+                    help="send each arrival (and open each of the 16 streams) direct and through at once (default) "
+                         "instead of one run after the other")
     ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--search-steps", type=int, default=10)
     ap.add_argument("--criteria", default="strict,capacity", help="which max-rate searches: strict, capacity or both")

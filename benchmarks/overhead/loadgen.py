@@ -16,6 +16,7 @@ Modes (each prints one JSON object):
   arrivals and the same stalls of the machine, and "added" latency compares like with like.
 - ``streams``: ``--concurrency`` streams back to back for ``--duration`` s: time to first chunk and
   each chunk's transit time (the stub stamps every chunk with CLOCK_MONOTONIC; same machine, same clock).
+  With ``--baseline-url`` each stream is paired with one straight to the stub, opened in the same instant.
 - ``hold``: open ``--concurrency`` streams at once (over ``--ramp`` s), keep them all open, count errors.
 
     python benchmarks/overhead/loadgen.py rate --url http://127.0.0.1:8000 --key sk-... --rate 1000
@@ -391,24 +392,42 @@ async def one_stream(pool: ConnPool, request: bytes, stats: StreamStats, conn: C
         stats.open -= 1
 
 
-async def streams_closed_loop(pool: ConnPool, request: bytes, concurrency: int, duration: float, warmup: float, chunks: int) -> dict:
+async def streams_closed_loop(
+    pool: ConnPool, request: bytes, concurrency: int, duration: float, warmup: float, chunks: int,
+    baseline: tuple[ConnPool, bytes] | None = None,
+) -> dict:
+    """``concurrency`` streams back to back. With ``baseline``, each is paired with one to the baseline
+    URL (the stub, direct) opened in the same loop pass, and the next pair starts when both ended: both
+    sides see the same moments of the machine, as the rate mode's paired arrivals do."""
     warm = StreamStats(chunks)
     stats = StreamStats(chunks)
+    base_stats = StreamStats(chunks)
     await pool.prefill(concurrency)
+    if baseline is not None:
+        await baseline[0].prefill(concurrency)
     t_window = now() + warmup
     t_end = t_window + duration
 
     async def worker() -> None:
         while now() < t_end:
-            await one_stream(pool, request, stats if now() >= t_window else warm)
+            measured = now() >= t_window
+            if baseline is None:
+                await one_stream(pool, request, stats if measured else warm)
+                continue
+            # both conns taken first, so that both requests are written in this same loop pass
+            conn = pool.idle.pop() if pool.idle else await pool.connect()
+            base_conn = baseline[0].idle.pop() if baseline[0].idle else await baseline[0].connect()
+            await asyncio.gather(one_stream(pool, request, stats if measured else warm, conn),
+                                 one_stream(baseline[0], baseline[1], base_stats if measured else warm, base_conn))
 
     cpu0, wall0 = os.times(), now()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu1, wall1 = os.times(), now()
-    return stats.report(
-        mode="streams", concurrency=concurrency, duration_s=duration,
-        loadgen_cpu=round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0), 3),
-    )
+    cpu = round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (wall1 - wall0), 3)
+    out = stats.report(mode="streams", concurrency=concurrency, duration_s=duration, loadgen_cpu=cpu)
+    if baseline is not None:
+        out["baseline"] = base_stats.report(mode="streams", concurrency=concurrency, duration_s=duration)
+    return out
 
 
 async def hold_streams(pool: ConnPool, request: bytes, n: int, ramp: float, chunks: int, timeout: float) -> dict:
@@ -465,7 +484,13 @@ async def amain(args: argparse.Namespace) -> dict:
             return result
         request = build_request(args.url, args.path, body_for(args, stream=True), args.key)
         if args.mode == "streams":
-            return await streams_closed_loop(pool, request, args.concurrency, args.duration, args.warmup, args.chunks)
+            baseline = None
+            if args.baseline_url:
+                parts = urlsplit(args.baseline_url)
+                pools.append(ConnPool(parts.hostname or "127.0.0.1", parts.port or 80))
+                baseline = (pools[-1], build_request(args.baseline_url, args.path, body_for(args, stream=True), None))
+            return await streams_closed_loop(pool, request, args.concurrency, args.duration, args.warmup, args.chunks,
+                                             baseline)
         return await hold_streams(pool, request, args.concurrency, args.ramp, args.chunks, args.grace)
     finally:
         for p in pools:
@@ -477,7 +502,7 @@ def main() -> None:
     ap.add_argument("mode", choices=["rate", "streams", "hold"])
     ap.add_argument("--url", required=True)
     ap.add_argument("--baseline-url", default=None,
-                    help="rate mode: send each request to this URL too (no key), at the same instants")
+                    help="rate and streams modes: send each request to this URL too (no key), at the same instants")
     ap.add_argument("--path", default="/v1/chat/completions")
     ap.add_argument("--key", default=None)
     ap.add_argument("--model", default="bench-model")
