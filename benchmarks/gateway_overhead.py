@@ -104,6 +104,15 @@ class Bench:
         wait_http(self.stub_url + "/health", 20, stub)
         wait_http(self.hold_url + "/health", 20, hold)
 
+    def keep_awake(self, cores: str) -> None:
+        """One SCHED_IDLE busy loop per core in ``cores``: it runs only when nothing else wants the core, so
+        the core never idles. On this Firecracker VM an idle vCPU halts (cpuidle driver "none", no guest
+        halt-polling) and every wake-up is paid in latency and in the woken process's CPU; this is the user
+        space equivalent of what latency-tuned hosts set (``idle=poll``, ``cpu_dma_latency`` 0: tuned's
+        latency-performance profile). Every gateway measured in a run gets the same cores."""
+        for core in sorted(cpu_list(cores)):
+            self.start(f"awake-{core}", ["chrt", "-i", "0", PY, "-c", "while True: pass"], str(core), rt=0)
+
     def start_redis(self) -> str:
         port = free_port()
         exe = shutil.which("redis-server") or "redis-server"
@@ -141,12 +150,25 @@ class Bench:
             argv += ["--baseline-url", baseline]
         return self.loadgen(*argv)
 
+    def settle(self, proc: Proc, idle_share: float = 0.05, limit_s: float = 8.0) -> None:
+        """Wait until the gateway is idle (under ``idle_share`` of a core over 0.25 s): a row must not start
+        while the gateway still works off the one before (a collapsed search step leaves seconds of backlog:
+        queued requests, usage records to write and fold)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+            time.sleep(0.25)
+            if (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0) < idle_share:
+                return
+        print(f"  (the gateway was still busy {limit_s:g} s after the last run; measuring anyway)", flush=True)
+
     def pair(self, target: targets.Target, proc: Proc, rate: float) -> dict:
         """Direct and through the gateway at ``rate``, with the gateway's CPU share during the run.
 
         Paired (the default), one load generator sends each arrival both ways at the same instant, so a
         stall of the machine lands on both; otherwise direct runs first, then through.
         """
+        self.settle(proc)
         direct = None if self.args.paired else self.rate(self.stub_url, None, rate)
         cpu0, t0 = proc.cpu_seconds(), time.monotonic()
         via = self.rate(target.url, target.key, rate, baseline=self.stub_url if self.args.paired else None)
@@ -229,6 +251,7 @@ class Bench:
     def stream_section(self, target: targets.Target, proc: Proc) -> dict:
         """16 streams back to back; paired (the default), each with one straight to the stub opened at the
         same instant, as the rate rows are; otherwise the direct run first, then the one through."""
+        self.settle(proc)
         direct = None if self.args.paired else self.streams(None, 16)
         cpu0, t0 = proc.cpu_seconds(), time.monotonic()
         via = self.streams(target, 16, baseline=self.stub_url if self.args.paired else None)
@@ -245,6 +268,7 @@ class Bench:
         return out
 
     def hold_section(self, target: targets.Target, proc: Proc, n: int) -> dict:
+        self.settle(proc)
         cpu0, t0 = proc.cpu_seconds(), time.monotonic()
         via = self.hold(target, n)
         cpu = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
@@ -275,6 +299,15 @@ TABLE_HEAD = (
     "| added p50 / p99 ms | gateway CPU | send lag p99 direct / via ms | strict / capacity |\n"
     "|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def cpu_list(spec: str) -> set[int]:
+    """taskset's list syntax: "0", "0,1", "0-3,6"."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def machine() -> dict:
@@ -321,6 +354,9 @@ def main() -> None:
     ap.add_argument("--redis-rt", type=int, default=None,
                     help="SCHED_FIFO priority for the redis-server (default: --rt); above --rt, it runs the moment "
                          "it is woken instead of waiting for the load generator or the stub to end a loop pass")
+    ap.add_argument("--keep-awake", action="store_true",
+                    help="keep the benchmark's cores from idling (a SCHED_IDLE busy loop on each): what idle=poll or "
+                         "cpu_dma_latency=0 give a latency-tuned host; this VM halts idle vCPUs")
     ap.add_argument("--rates", default="250,500,1000,1500,2000")
     ap.add_argument("--litellm-rates", default="10,25,50,100")
     ap.add_argument("--duration", type=float, default=5.0)
@@ -359,12 +395,17 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
     bench = Bench(args, run_dir)
     report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
-        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt, "redis_rt": args.redis_rt}}
+        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt, "redis_rt": args.redis_rt,
+        "keep_awake": args.keep_awake}}
     tokenizer = None if args.no_tokenizer else targets.find_tokenizer()
     extra_env = dict(kv.split("=", 1) for kv in args.noor_env)
     print(f"# gateway overhead — logs in {run_dir}; tokenizer: {tokenizer or 'none'}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     try:
+        if args.keep_awake:
+            cores = ",".join([args.gateway_cores, args.load_cores] + ([args.scaling_cores] if args.workers_scaling else []))
+            bench.keep_awake(cores)
+            print(f"# cores {cores} kept awake (a SCHED_IDLE busy loop each)", flush=True)
         bench.start_stubs()
         store_url = args.store_url or (bench.start_redis() if args.redis else None)
         report["store"] = store_url or "sqlite"
