@@ -415,8 +415,13 @@ async def streams_closed_loop(
                 await one_stream(pool, request, stats if measured else warm)
                 continue
             # both conns taken first, so that both requests are written in this same loop pass
-            conn = pool.idle.pop() if pool.idle else await pool.connect()
-            base_conn = baseline[0].idle.pop() if baseline[0].idle else await baseline[0].connect()
+            try:
+                conn = pool.idle.pop() if pool.idle else await pool.connect()
+                base_conn = baseline[0].idle.pop() if baseline[0].idle else await baseline[0].connect()
+            except OSError as exc:
+                (stats if measured else warm).finish(f"connect: {exc!r}")
+                await asyncio.sleep(0.01)
+                continue
             await asyncio.gather(one_stream(pool, request, stats if measured else warm, conn),
                                  one_stream(baseline[0], baseline[1], base_stats if measured else warm, base_conn))
 

@@ -190,3 +190,15 @@ async def test_the_ledger_folds_through_redis_py_too(redis_url):
         assert s.ledger.folded == 120
     finally:
         await s.close()
+
+
+async def test_an_entry_deleted_while_pending_is_acknowledged_and_the_rest_folded(store):
+    store.ledger.claim_idle_ms = 3_600_000
+    await store.add_usage([rec(i) for i in range(3)])
+    await store.ledger._ensure_group()
+    got = await store.client.xreadgroup(GROUP, store.ledger.consumer, {store.ledger.stream: ">"}, count=3)
+    await store.client.xdel(store.ledger.stream, got[0][1][1][0])  # gone from the stream, still pending here
+    store.ledger._own_pending = True
+    totals = await store.usage_totals()
+    assert (totals[0].requests, totals[0].completion_tokens) == (2, 0 + 2)
+    assert (await store.client.xpending(store.ledger.stream, GROUP))["pending"] == 0
