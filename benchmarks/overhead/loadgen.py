@@ -415,10 +415,13 @@ async def streams_closed_loop(
                 await one_stream(pool, request, stats if measured else warm)
                 continue
             # both conns taken first, so that both requests are written in this same loop pass
+            conn = None
             try:
                 conn = pool.idle.pop() if pool.idle else await pool.connect()
                 base_conn = baseline[0].idle.pop() if baseline[0].idle else await baseline[0].connect()
             except OSError as exc:
+                if conn is not None:
+                    pool.idle.append(conn)  # taken but unused: back to the pool
                 (stats if measured else warm).finish(f"connect: {exc!r}")
                 await asyncio.sleep(0.01)
                 continue

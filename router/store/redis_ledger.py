@@ -23,7 +23,6 @@ drained aggregator looks again every ``poll_s`` (a script cannot block on a stre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
