@@ -94,6 +94,15 @@ class LimitsSettings(BaseModel):
     concurrency_lease_s: float = Field(
         default=60.0, gt=0, description="A concurrency slot held by a replica that died is freed after this long."
     )
+    overlap: bool = Field(
+        default=True,
+        description="Check a request's limits (Redis) while its engine request opens, where the tenant's last "
+        "decision left ample room; a refusal then aborts the engine request before the client sees a byte.",
+    )
+    overlap_headroom: float = Field(
+        default=0.25, gt=0, le=1,
+        description="The share of each limit a tenant's last decision must have left for its next check to overlap.",
+    )
 
 
 class EngineSettings(BaseModel):

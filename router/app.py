@@ -22,7 +22,7 @@ from router.limits import Limiter
 from router.limits.choose import make_limiter
 from router.metering import Meter
 from router.openai_api import OpenAIApp
-from router.pipeline import Pipeline
+from router.pipeline import REFUSED_AFTER_OPEN, Pipeline
 from router.prompt_tokens import PromptTokenCounter
 from router.scheduler import build_admission
 from router.store import open_store
@@ -75,8 +75,10 @@ class Gateway:
             catalog=catalog, pools=self.pools, auth=self.auth, limiter=self.limiter, admission=self.admission,
             meter=self.meter, count_prompt=PromptTokenCounter(catalog, settings.models_dir),
             max_retries=eng.max_retries, request_id_header=settings.server.request_id_header.encode(),
-            telemetry=self.telemetry,
+            telemetry=self.telemetry, overlap_checks=settings.limits.overlap,
         )
+        if self.telemetry.metrics is not None:
+            self.telemetry.register(REFUSED_AFTER_OPEN)
 
     async def start(self) -> None:
         for name, spec in self.catalog.pools.items():

@@ -5,7 +5,13 @@ and meter.
 
 Each stage lives in its own module; this one only sequences them, owns the retry loop (a request that
 failed before any byte reached its client is retried on another endpoint) and guarantees the way back:
-whatever happens, the reservation is settled, the endpoint released and one usage record written.
+whatever happens, the reservation is settled, the endpoint released and one usage record written (none
+for a request refused by its limits or key).
+
+One overlap: the limits' round trip to Redis (which also confirms a cached key) may run while the engine
+request opens, where the limiter expects it to pass (``Limiter.may_defer``); it is awaited before the
+response's first byte, and a refusal then aborts the engine request. The store's round trip leaves the
+request's latency, hidden behind the engine's own time to first byte.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from models.catalog import Catalog
 from router.admission import Admission
-from router.auth import Authenticator, StaleIdentity
+from router.auth import Authenticator, Confirm, StaleIdentity
 from router.context import RequestContext
 from router.errors import OpenAIError, no_capacity
 from router.limits import Limiter
+from router.limits.reservation import limited
 from router.metering import Meter
 from router.relay import Send, relay_stream, send_once
 from router.telemetry import Telemetry
@@ -31,6 +40,11 @@ from serving.endpoint import Endpoint
 from serving.pool import Pool
 
 log = logging.getLogger("noor.pipeline")
+
+REFUSED_AFTER_OPEN = Counter(
+    "noor_refused_after_open",
+    "Requests refused by their overlapped limits or key checks after the engine request was opened (then aborted)",
+)
 
 
 @dataclass
@@ -45,6 +59,8 @@ class Pipeline:
     max_retries: int = 2
     request_id_header: bytes = b"x-request-id"
     telemetry: Telemetry = Telemetry.disabled()
+    #: Overlap the limits/key round trip with the engine request's opening where the limiter allows it.
+    overlap_checks: bool = True
 
     async def handle(
         self, ctx: RequestContext, raw_body: bytes, authorization: str | None, send: Send,
@@ -72,11 +88,10 @@ class Pipeline:
         disconnected: Callable[[], Awaitable[None]],
     ) -> None:
         try:
-            pool = await self._admit(ctx, raw_body, authorization, early=True)
+            pool, checks = await self._admit(ctx, raw_body, authorization, early=True)
         except StaleIdentity:  # tenants or keys changed while it went ahead on a cached identity
             ctx.headers.clear()
-            pool = await self._admit(ctx, raw_body, authorization, early=False)
-        ctx.reserved_at = time.perf_counter()
+            pool, checks = await self._admit(ctx, raw_body, authorization, early=False)
         endpoint: Endpoint | None = None
         stream: UpstreamStream | None = None
         watch = _ClientWatch(disconnected)
@@ -103,11 +118,21 @@ class Pipeline:
             return task
 
         try:
-            endpoint, result = await self._open(ctx, pool)
-            if isinstance(result, UpstreamResponse):
+            try:
+                endpoint, result = await self._open(ctx, pool, checks)
+            except (OpenAIError, UpstreamError):
+                if checks is not None:  # a refusal of the overlapped checks outranks the engine's failure
+                    await asyncio.wait((checks,))
+                    await _passed(ctx, checks)
+                raise
+            if not isinstance(result, UpstreamResponse):
+                stream = result
+            if checks is not None:  # nothing reaches the client before its limits and key have passed
+                await _passed(ctx, checks)
+            if stream is None:
+                assert isinstance(result, UpstreamResponse)
                 await send_once(ctx, result, send, self.request_id_header, settle_now)
             else:
-                stream = result
                 await relay_stream(ctx, stream, send, self.request_id_header, settle_now)
             watch.stop()
         except asyncio.CancelledError:
@@ -116,7 +141,9 @@ class Pipeline:
             ctx.outcome, ctx.status = "cancelled", 499
             log.info("client left request %s; engine request aborted", ctx.request_id)
         except OpenAIError as exc:
-            ctx.outcome, ctx.status = "error", exc.status
+            ctx.status = exc.status
+            if ctx.outcome == "ok":  # (a refusal of the overlapped checks is marked "rejected" already)
+                ctx.outcome = "error"
             raise
         except UpstreamError as exc:
             ctx.outcome, ctx.status = "error", exc.status
@@ -131,14 +158,27 @@ class Pipeline:
                 # leaves _open holding an admitted endpoint, whose slot must still be given back.
                 if ctx.endpoint is not None:
                     self.admission.release(ctx, ctx.endpoint)
-                await self._finish(ctx, settling[0] if settling else None)
+                refused = False
+                if checks is not None:
+                    if not checks.done():  # (the open failed first) a reservation it makes must be settled
+                        await asyncio.wait((checks,))  # not cancelled with this task
+                    refused = checks.cancelled() or checks.exception() is not None
+                    if refused and ctx.opened_at is not None:
+                        REFUSED_AFTER_OPEN.inc()
+                await self._finish(ctx, settling[0] if settling else None, meter=not refused)
 
-    async def _admit(self, ctx: RequestContext, raw_body: bytes, authorization: str | None, *, early: bool) -> Pool:
-        """Authenticate, validate and reserve limits; the pool to serve from.
+    async def _admit(
+        self, ctx: RequestContext, raw_body: bytes, authorization: str | None, *, early: bool, overlap: bool = True,
+    ) -> tuple[Pool, asyncio.Task[None] | None]:
+        """Authenticate, validate and reserve limits; the pool to serve from, and the checks still running.
 
         ``early``: a cached key goes ahead while its auth epoch is read, so that read shares the
-        limiter's round trip; it is checked before returning, and before any refusal (an auth failure
-        outranks every other error, as when authentication runs first).
+        limiter's round trip; it is checked before any byte is sent, and before any refusal (an auth
+        failure outranks every other error, as when authentication runs first).
+
+        That round trip (the limiter's reserve and the key's confirmation) is either awaited here or,
+        where the limiter expects it to pass (``_may_overlap``), left running as a task while the engine
+        request opens: the pipeline awaits it before the response's first byte.
         """
         if early:
             identity, confirm = await self.auth.authenticate_early(authorization)
@@ -154,6 +194,25 @@ class Pipeline:
             pool = self.pools.get(ctx.model.pool)
             if pool is None:
                 raise no_capacity(f"The pool serving `{ctx.model.name}` is not configured.")
+        except BaseException:
+            if confirm is not None:
+                await confirm()
+            raise
+        if overlap and self._may_overlap(ctx, confirm):
+            return pool, asyncio.ensure_future(self._checks(ctx, raw_body, authorization, confirm))
+        await self._reserve(ctx, confirm)
+        return pool, None
+
+    def _may_overlap(self, ctx: RequestContext, confirm: Confirm | None) -> bool:
+        """Is there a round trip to overlap (a key to confirm, a remote reserve), and may it be?"""
+        if not self.overlap_checks or not self.limiter.may_defer(ctx):
+            return False
+        if confirm is not None:
+            return True
+        return self.limiter.remote and ctx.identity is not None and limited(ctx.identity.limits)
+
+    async def _reserve(self, ctx: RequestContext, confirm: Confirm | None) -> None:
+        try:
             await self.limiter.reserve(ctx)
         except BaseException:
             if confirm is not None:
@@ -165,10 +224,26 @@ class Pipeline:
             except BaseException:
                 await self.limiter.settle(ctx, None)  # give the reservation back
                 raise
-        return pool
+        ctx.reserved_at = time.perf_counter()
 
-    async def _open(self, ctx: RequestContext, pool: Pool) -> tuple[Endpoint, UpstreamResponse | UpstreamStream]:
-        """Admit onto an endpoint and open the engine request, retrying elsewhere on retryable failures."""
+    async def _checks(self, ctx: RequestContext, raw_body: bytes, authorization: str | None,
+                      confirm: Confirm | None) -> None:
+        """The overlapped checks: the reserve and the key's confirmation. A key whose tenants or keys
+        changed meanwhile is authenticated afresh and the request validated and reserved again, as
+        ``_serve`` does when that is found before the engine is called."""
+        try:
+            await self._reserve(ctx, confirm)
+        except StaleIdentity:
+            ctx.headers.clear()
+            await self._admit(ctx, raw_body, authorization, early=False, overlap=False)
+
+    async def _open(
+        self, ctx: RequestContext, pool: Pool, checks: asyncio.Task[None] | None = None,
+    ) -> tuple[Endpoint, UpstreamResponse | UpstreamStream]:
+        """Admit onto an endpoint and open the engine request, retrying elsewhere on retryable failures.
+
+        ``checks`` (overlapped limits and key checks) that have already failed by the time an engine is
+        to be called (after a queue wait, say) stop the request there: the engine never sees it."""
         assert ctx.model is not None
         request = UpstreamRequest(kind=ctx.kind, body=ctx.body, stream=ctx.stream, request_id=ctx.request_id,
                                   public_model=ctx.model.name)
@@ -184,6 +259,8 @@ class Pipeline:
                 break
             ctx.endpoint = endpoint
             ctx.admitted_at = ctx.upstream_at = time.perf_counter()
+            if checks is not None and checks.done():
+                await _passed(ctx, checks)
             self.telemetry.upstream(ctx, request)
             try:
                 backend = endpoint.backend
@@ -203,13 +280,22 @@ class Pipeline:
                 last = exc
         raise no_capacity(f"No engine in pool '{pool.name}' could serve this request ({last}).", status=502)
 
-    async def _finish(self, ctx: RequestContext, settling: Awaitable[None] | None = None) -> None:
+    async def _finish(self, ctx: RequestContext, settling: Awaitable[None] | None = None, *, meter: bool = True) -> None:
         try:
             await (settling if settling is not None else self.limiter.settle(ctx, ctx.usage))
         except Exception:
             log.exception("settling limits failed for %s", ctx.request_id)
-        if ctx.identity is not None and ctx.model is not None:
+        if meter and ctx.identity is not None and ctx.model is not None:
             self.meter.record(ctx)
+
+
+async def _passed(ctx: RequestContext, checks: asyncio.Task[None]) -> None:
+    """Await the overlapped checks; a refusal is the request's outcome, as if it came before the engine."""
+    try:
+        await checks
+    except OpenAIError:
+        ctx.outcome = "rejected"
+        raise
 
 
 class _ClientWatch:

@@ -12,10 +12,14 @@ import abc
 from collections.abc import Awaitable
 
 from router.context import RequestContext
+from router.limits.reservation import limited
 from serving.backends.base import Usage
 
 
 class Limiter(abc.ABC):
+    #: ``reserve`` is a round trip to a shared store (the pipeline may overlap it with the engine's).
+    remote: bool = False
+
     @abc.abstractmethod
     async def reserve(self, ctx: RequestContext) -> None:
         """Reserve the request's cost or raise ``OpenAIError`` 429 (with Retry-After and x-ratelimit-*).
@@ -37,6 +41,18 @@ class Limiter(abc.ABC):
         concurrency slot free. None: settled already, nothing to wait for (no task is made for it,
         which the hot path would pay ~10 µs for). By default, ``settle`` itself."""
         return self.settle(ctx, usage)
+
+    def may_defer(self, ctx: RequestContext) -> bool:
+        """May ``reserve`` for this request be awaited only after its engine request was opened?
+
+        Waiting for a store's round trip before calling the engine puts that round trip in every
+        request's latency; overlapping it with the engine's own time to first byte hides it. The price
+        is paid only when the reserve then refuses: the engine request is aborted, its work wasted (the
+        client still gets its 429 and nothing else). So a limiter says yes only where a refusal is
+        unlikely — by default, where there is nothing to refuse (a tenant without limits).
+        """
+        ident = ctx.identity
+        return ident is None or not limited(ident.limits)
 
     def holds_slot(self, ctx: RequestContext) -> bool:
         """Does the request hold a concurrency slot that must be free before its client sees the end of

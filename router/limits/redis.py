@@ -15,6 +15,11 @@ When Redis is away (the store's breaker is open):
   silently widened by an outage.
 - ``on_store_failure="closed"``: 503 with ``retry-after``.
 
+With ``overlap_headroom`` set (the default, ``limits.overlap``), a tenant whose last decision here left
+at least that share of each of its limits has its next reserve overlapped with the engine request's
+opening (``may_defer``): the round trip leaves the request's latency, and the rare refusal it then
+brings aborts an engine request that had just begun.
+
 Concurrency slots are leases: this replica renews the leases of its running requests every third of
 ``lease_s``; a replica that dies stops renewing, and its slots free themselves within ``lease_s``.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Literal
@@ -66,6 +72,7 @@ SETTLE_MAY_WAIT_S = 0.002
 
 
 class RedisLimiter(Limiter):
+    remote = True
     #: Exported on the gateway's /metrics (they live in prometheus-client's default registry too).
     collectors = (FALLBACKS, REFUSED_UNAVAILABLE, DEGRADED)
 
@@ -81,6 +88,7 @@ class RedisLimiter(Limiter):
         fail_open_share: float = 1.0,
         wire: PipelinedRedis | None = None,
         autopipeline: bool = True,
+        overlap_headroom: float | None = 0.25,
     ) -> None:
         self._r = client
         # reserve and settle, once per request, go through the pipelined client (router/store/redis_wire.py);
@@ -101,6 +109,11 @@ class RedisLimiter(Limiter):
         self._unsettled: list[tuple[list[str], list]] = []  # settle calls that could not reach Redis
         self._owed: dict[tuple[str, str], int] = {}  # (tenant, budget period) -> tokens served while degraded
         self._seen_budget: dict[str, tuple[str, int]] = {}  # tenant -> (period, used) as Redis last said
+        self.overlap_headroom = overlap_headroom
+        #: tenant -> what its last decision here left beyond the overlap headroom, per bucket (requests,
+        #: tokens, budget; None: no such limit), less what overlapped requests took since. Absent: refused
+        #: last, or not seen yet.
+        self._spare: dict[str, tuple[int | None, int | None, int | None]] = {}
         self.degraded = False
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -112,6 +125,7 @@ class RedisLimiter(Limiter):
             store.client, store.breaker, prefix=store.prefix, window_s=settings.window_s,
             lease_s=settings.concurrency_lease_s, on_store_failure=settings.on_store_failure,
             fail_open_share=settings.fail_open_share, wire=store.wire, autopipeline=store.wire is not None,
+            overlap_headroom=settings.overlap_headroom if settings.overlap else None,
         )
 
     def _keys(self, tenant_id: str, budget_key: str | None) -> list[str]:
@@ -167,6 +181,8 @@ class RedisLimiter(Limiter):
             cost = exact
         if budget_key is not None and decision.budget is not None:
             self._seen_budget[ident.tenant_id] = (budget_key, decision.budget.used)
+        if self.overlap_headroom is not None:
+            self._note_spare(ident.tenant_id, decision)
         if not decision.allowed:
             raise decision.error(ident.tenant_name)
         ctx.headers.update(decision.headers())
@@ -176,6 +192,44 @@ class RedisLimiter(Limiter):
         )
         if lim.max_concurrent:
             self._running.setdefault(ident.tenant_id, set()).add(ctx.request_id)
+
+    def may_defer(self, ctx: RequestContext) -> bool:
+        """Yes for a tenant whose last decision here left, beyond ``overlap_headroom`` of each limit, one
+        request and this request's cost in tokens and budget. Each yes takes its share of that spare
+        until the next decision replaces it, so a burst of concurrent requests cannot all go ahead on
+        one stale answer; other replicas are covered by the headroom itself. A request that still finds
+        its tenant out of room is refused as ever, its engine request aborted.
+
+        Never for a tenant with a concurrency cap: that cap is a promise about the engine (never more
+        than N of the tenant's requests in it at once), which an overlapped check could break for the
+        moment it takes to refuse.
+        """
+        ident = ctx.identity
+        if ident is None or not limited(ident.limits):
+            return True
+        spare = self._spare.get(ident.tenant_id)
+        if spare is None or self.degraded or ident.limits.max_concurrent:
+            return False
+        requests, tokens, budget = spare
+        cost = request_cost(ctx) if tokens is not None or budget is not None else 0
+        if (requests is not None and requests < 1) or (tokens is not None and tokens < cost) or (
+                budget is not None and budget < cost):
+            return False
+        self._spare[ident.tenant_id] = (None if requests is None else requests - 1,
+                                        None if tokens is None else tokens - cost,
+                                        None if budget is None else budget - cost)
+        return True
+
+    def _note_spare(self, tenant_id: str, d: Decision) -> None:
+        if not d.allowed:
+            self._spare.pop(tenant_id, None)
+            return
+        share = self.overlap_headroom or 0.0
+
+        def spare(b: Bucket | None) -> int | None:
+            return None if b is None else b.remaining - math.ceil(share * b.limit)
+
+        self._spare[tenant_id] = (spare(d.requests), spare(d.tokens), spare(d.budget))
 
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
         pending = self.begin_settle(ctx, usage)

@@ -10,7 +10,6 @@ the openai SDK gets a RateLimitError whose retry-after it can use.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
@@ -18,19 +17,14 @@ import aiohttp
 import httpx
 import openai
 import pytest
-from multidict import CIMultiDict
 
 from router.store.base import TenantLimits
-from tests.processes import ServerProcess, gateway_replica, stub_upstream, write_catalog
+from tests.processes import ServerProcess, stub_upstream, write_catalog
 from tests.redis_server import REDIS_BIN, RedisServer
+from tests.replicas import HELLO, MODEL, chat, replicas
 from tests.store_helpers import new_tenant, revoke, wait_for_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REDIS_BIN is None, reason="redis-server is not installed")]
-
-MODEL = "stub-model"
-ADMIN = "replicas-admin"
-HELLO = [{"role": "user", "content": "Say hello in one word."}]
-
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory):
@@ -44,34 +38,10 @@ def catalog(tmp_path_factory, stub, smollm2_dir) -> Path:
                          tokenizer=smollm2_dir / "tokenizer.json")
 
 
-@contextlib.contextmanager
-def replicas(tmp: Path, redis: RedisServer, catalog: Path, n: int = 2, **settings: str):
-    """Start ``n`` gateway processes at once on one Redis; stop them all at the end."""
-    procs = [gateway_replica(tmp / f"replica{i}", redis_url=redis.url, catalog=catalog, admin_token=ADMIN, **settings)
-             for i in range(n)]
-    try:
-        for p in procs:
-            p.spawn()
-        for p in procs:
-            p.wait_ready()
-        yield procs
-    finally:
-        for p in procs:
-            p.stop()
-
-
 @pytest.fixture
 def redis(tmp_path):
     with RedisServer(persist=True) as server:
         yield server
-
-
-async def chat(session: aiohttp.ClientSession, gateway: ServerProcess, secret: str, **body) -> tuple[int, CIMultiDict, dict]:
-    payload = {"model": MODEL, "messages": HELLO, "max_tokens": 50, **body}
-    async with session.post(gateway.url + "/v1/chat/completions", json=payload,
-                            headers={"Authorization": f"Bearer {secret}"}) as r:
-        data = await r.json(content_type=None) if not body.get("stream") else {"text": await r.text()}
-        return r.status, r.headers.copy(), data
 
 
 async def test_a_tpm_limit_holds_across_both_replicas(redis, catalog, tmp_path):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from benchmarks.harness import MODEL, client, serve_gateway
 from serving.simulator.cluster import run_simulators
 

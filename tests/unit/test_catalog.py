@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from models.catalog import BUNDLED_CATALOG, Catalog, EndpointSpec
 from noor.settings import Settings
