@@ -252,18 +252,19 @@ class Bench:
         """16 streams back to back; paired (the default), each with one straight to the stub opened at the
         same instant, as the rate rows are; otherwise the direct run first, then the one through."""
         self.settle(proc)
-        direct = None if self.args.paired else self.streams(None, 16)
+        n = self.args.stream_concurrency
+        direct = None if self.args.paired else self.streams(None, n)
         cpu0, t0 = proc.cpu_seconds(), time.monotonic()
-        via = self.streams(target, 16, baseline=self.stub_url if self.args.paired else None)
+        via = self.streams(target, n, baseline=self.stub_url if self.args.paired else None)
         cpu = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         if direct is None:
             direct = via.pop("baseline")
-        out = {"concurrency": 16, "paired": self.args.paired, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3)}
+        out = {"concurrency": n, "paired": self.args.paired, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3)}
         for what in ("ttft_ms", "chunk_transit_ms"):
             d, v = direct[what], via[what]
             if d.get("n") and v.get("n"):
                 out[f"added_{what}"] = {q: round(v[q] - d[q], 3) for q in ("p50", "p90", "p99")}
-        print(f"  streams x16: {json.dumps({k: v for k, v in out.items() if k.startswith('added')})} "
+        print(f"  streams x{n}: {json.dumps({k: v for k, v in out.items() if k.startswith('added')})} "
               f"errors direct={direct['errors']} via={via['errors']} gw cpu={cpu:.0%}", flush=True)
         return out
 
@@ -374,6 +375,7 @@ def main() -> None:
     ap.add_argument("--hold", type=int, default=1000, help="concurrent open streams to hold on one worker (0: skip)")
     ap.add_argument("--hold-ramp", type=float, default=3.0)
     ap.add_argument("--chunks", type=int, default=64)
+    ap.add_argument("--stream-concurrency", type=int, default=16, help="concurrent streams (the issue's: 16)")
     ap.add_argument("--chunk-interval-ms", type=float, default=5.0)
     ap.add_argument("--hold-interval-ms", type=float, default=100.0)
     ap.add_argument("--redis", action="store_true", help="start a redis-server (on the load cores) as Noor's store and limiter")
@@ -480,7 +482,7 @@ def summarize(report: dict) -> None:
                   f"{row['gateway_cpu_us_per_request']:.0f} µs CPU per request")
         st = result.get("streams")
         if st and "added_ttft_ms" in st:
-            print(f"- {name} streams x16: added TTFT p50/p99 {st['added_ttft_ms']['p50']:.2f}/{st['added_ttft_ms']['p99']:.2f} ms, "
+            print(f"- {name} streams x{st['concurrency']}: added TTFT p50/p99 {st['added_ttft_ms']['p50']:.2f}/{st['added_ttft_ms']['p99']:.2f} ms, "
                   f"added per-chunk p50/p99 {st['added_chunk_transit_ms']['p50']:.3f}/{st['added_chunk_transit_ms']['p99']:.3f} ms")
         if result.get("hold"):
             h = result["hold"]["via"]
