@@ -199,8 +199,10 @@ class Pipeline:
                 await confirm()
             raise
         if overlap and self._may_overlap(ctx, confirm):
-            return pool, asyncio.ensure_future(self._checks(ctx, raw_body, authorization, confirm))
-        await self._reserve(ctx, confirm)
+            # The reserve's script is queued now, beside the epoch GET: one write, one reply.
+            reserving = self.limiter.begin_reserve(ctx)
+            return pool, asyncio.ensure_future(self._checks(ctx, raw_body, authorization, reserving, confirm))
+        await self._reserve(ctx, self.limiter.reserve(ctx), confirm)
         return pool, None
 
     def _may_overlap(self, ctx: RequestContext, confirm: Confirm | None) -> bool:
@@ -211,9 +213,11 @@ class Pipeline:
             return True
         return self.limiter.remote and ctx.identity is not None and limited(ctx.identity.limits)
 
-    async def _reserve(self, ctx: RequestContext, confirm: Confirm | None) -> None:
+    async def _reserve(self, ctx: RequestContext, reserving: Awaitable[None], confirm: Confirm | None) -> None:
+        """Await the limiter's reserve, then the key's confirmation; a stale key gives the reservation back.
+        An auth failure outranks a refusal: the confirmation is awaited before the refusal is raised."""
         try:
-            await self.limiter.reserve(ctx)
+            await reserving
         except BaseException:
             if confirm is not None:
                 await confirm()
@@ -227,12 +231,12 @@ class Pipeline:
         ctx.reserved_at = time.perf_counter()
 
     async def _checks(self, ctx: RequestContext, raw_body: bytes, authorization: str | None,
-                      confirm: Confirm | None) -> None:
+                      reserving: Awaitable[None], confirm: Confirm | None) -> None:
         """The overlapped checks: the reserve and the key's confirmation. A key whose tenants or keys
         changed meanwhile is authenticated afresh and the request validated and reserved again, as
         ``_serve`` does when that is found before the engine is called."""
         try:
-            await self._reserve(ctx, confirm)
+            await self._reserve(ctx, reserving, confirm)
         except StaleIdentity:
             ctx.headers.clear()
             await self._admit(ctx, raw_body, authorization, early=False, overlap=False)

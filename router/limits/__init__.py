@@ -27,6 +27,11 @@ class Limiter(abc.ABC):
         Stores what ``settle`` needs in ``ctx.reservation`` and response headers in ``ctx.headers``.
         """
 
+    def begin_reserve(self, ctx: RequestContext) -> Awaitable[None]:
+        """``reserve``, started now where the limiter can (its store command queued before this returns, to
+        share a write with what else this loop pass sends), awaited later. By default, ``reserve`` itself."""
+        return self.reserve(ctx)
+
     @abc.abstractmethod
     async def settle(self, ctx: RequestContext, usage: Usage | None) -> None:
         """Replace the reservation with the real usage (None: nothing was generated)."""

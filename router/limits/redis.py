@@ -71,6 +71,11 @@ _STOP_WAIT_S = 3.0
 SETTLE_MAY_WAIT_S = 0.002
 
 
+def _budget(lim: TenantLimits) -> tuple[str | None, float]:
+    """The budget period now (its key, seconds until it resets), if the tenant has a budget."""
+    return budget_period(lim.budget_period, time.time()) if lim.token_budget else (None, 0.0)
+
+
 class RedisLimiter(Limiter):
     remote = True
     #: Exported on the gateway's /metrics (they live in prometheus-client's default registry too).
@@ -162,16 +167,43 @@ class RedisLimiter(Limiter):
             return
         if self._task is None:
             await self.start()
+        await self._reserving(ctx, _budget(ident.limits), None)
+
+    def begin_reserve(self, ctx: RequestContext) -> Awaitable[None]:
+        """``reserve``, its script queued on the pipelined connection before this returns: it leaves in the
+        same write as what else this loop pass queued (the cached key's epoch ``GET``), and their replies
+        come back together."""
+        ident = ctx.identity
+        if (ident is None or not limited(ident.limits) or self._task is None or self._wire is None
+                or self.breaker.is_down):
+            return self.reserve(ctx)
+        budget = _budget(ident.limits)
+        keys, args = self._call(ctx, request_cost(ctx), budget)
+        return self._reserving(ctx, budget, self._wire.queue("EVALSHA", self._reserve.sha, len(keys), *keys, *args))
+
+    def _call(self, ctx: RequestContext, cost: int, budget: tuple[str | None, float]) -> tuple[list[str], list]:
+        """The reserve script's keys and arguments for ``ctx`` at ``cost`` in the budget period ``budget``."""
+        ident = ctx.identity
+        assert ident is not None
         lim = ident.limits
+        budget_key, reset_s = budget
+        args = [ctx.request_id, cost, lim.requests_per_minute or 0, lim.tokens_per_minute or 0,
+                lim.max_concurrent or 0, lim.token_budget or 0, self.window_ms, int(self.lease_s * 1000),
+                int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
+        return self._keys(ident.tenant_id, budget_key), args
+
+    async def _reserving(self, ctx: RequestContext, budget: tuple[str | None, float], sent: asyncio.Future | None) -> None:
+        """Reserve (the first script call already ``sent``, or not yet) and record the decision."""
+        ident = ctx.identity
+        assert ident is not None
+        lim = ident.limits
+        budget_key, reset_s = budget
         cost = request_cost(ctx)
-        budget_key, reset_s = budget_period(lim.budget_period, time.time()) if lim.token_budget else (None, 0.0)
-        keys = self._keys(ident.tenant_id, budget_key)
         while True:  # twice at most: a refusal at the prompt's bound is asked again at its exact count
-            args = [ctx.request_id, cost, lim.requests_per_minute or 0, lim.tokens_per_minute or 0,
-                    lim.max_concurrent or 0, lim.token_budget or 0, self.window_ms, int(self.lease_s * 1000),
-                    int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
+            keys, args = self._call(ctx, cost, budget)
+            first, sent = sent, None
             try:
-                raw = await self.breaker.call(lambda: self._script(self._reserve, keys, args))  # noqa: B023
+                raw = await self.breaker.call(lambda: self._script(self._reserve, keys, args, first))  # noqa: B023
             except StoreUnavailable:
                 await self._reserve_degraded(ctx, lim, cost)
                 return
@@ -272,23 +304,20 @@ class RedisLimiter(Limiter):
         return self._settled(sent, settle_keys, args)
 
     async def _settled(self, sent: asyncio.Future | None, settle_keys: list, args: list) -> None:
-        async def reply() -> object:
-            if sent is None:
-                return await self._script(self._settle, settle_keys, args)
+        try:
+            await self.breaker.call(lambda: self._script(self._settle, settle_keys, args, sent))
+        except StoreUnavailable:
+            if len(self._unsettled) < _MAX_BACKLOG:
+                self._unsettled.append((settle_keys, args))
+
+    async def _script(self, script: AsyncScript, keys: list, args: list, sent: asyncio.Future | None = None) -> object:
+        """Run ``script``; ``sent``: its EVALSHA already queued on the pipelined connection."""
+        if sent is not None:
             try:
                 return await sent
             except ResponseError as exc:  # NOSCRIPT: Redis restarted; evalsha loads it and runs it again
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                return await self._script(self._settle, settle_keys, args)
-
-        try:
-            await self.breaker.call(reply)
-        except StoreUnavailable:
-            if len(self._unsettled) < _MAX_BACKLOG:
-                self._unsettled.append((settle_keys, args))
-
-    async def _script(self, script: AsyncScript, keys: list, args: list) -> object:
         if self._wire is None:
             return await script(keys=keys, args=args)
         return await self._wire.evalsha(script.sha, script.script, keys, args)

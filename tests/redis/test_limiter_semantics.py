@@ -8,6 +8,7 @@ import asyncio
 import itertools
 
 import pytest
+import redis.asyncio
 
 from models.catalog import ModelSpec
 from router.context import RequestContext
@@ -304,3 +305,29 @@ async def test_long_prompts_are_counted_and_no_max_tokens_costs_the_context(make
     b, counts = bounded(TenantLimits(tokens_per_minute=100_000), prompt=300, bound=2000, max_tokens=None)
     await lim.reserve(b)  # prompt + the rest of the 4096-token context, whatever the prompt
     assert counts == [] and b.headers["x-ratelimit-remaining-tokens"] == str(100_000 - 350 - 4096)
+
+
+async def test_a_reserve_begun_early_is_the_same_reserve_and_survives_a_script_flush(redis_url):
+    """``begin_reserve`` (the overlapped path) queues the script at once; its answer is the same, the
+    exact-count retry and the refusal too, and a Redis that lost its scripts (restarted) loads them."""
+    lim = redis_limiter(redis_url)
+    try:
+        limits = TenantLimits(requests_per_minute=2, tokens_per_minute=100)
+        await lim.reserve(ctx(limits))  # starts the limiter; the first request is reserved as ever
+        r = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await r.script_flush()
+        finally:
+            await r.aclose()
+        c = ctx(limits, prompt=10, max_tokens=20)
+        pending = lim.begin_reserve(c)
+        assert c.reservation is None  # queued, not yet answered
+        await pending
+        assert c.reservation is not None and c.reservation.cost == 30
+        assert c.headers["x-ratelimit-remaining-requests"] == "0"
+        third = ctx(limits)
+        with pytest.raises(OpenAIError) as info:
+            await lim.begin_reserve(third)
+        assert info.value.status == 429 and third.reservation is None
+    finally:
+        await lim.close()
