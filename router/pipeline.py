@@ -165,6 +165,8 @@ class Pipeline:
                     refused = checks.cancelled() or checks.exception() is not None
                     if refused and ctx.opened_at is not None:
                         REFUSED_AFTER_OPEN.inc()
+                        log.info("request %s of tenant %s refused after its engine request opened (%s); aborted",
+                                 ctx.request_id, ctx.identity.tenant_id if ctx.identity else "-", ctx.status)
                 await self._finish(ctx, settling[0] if settling else None, meter=not refused)
 
     async def _admit(
