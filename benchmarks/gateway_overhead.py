@@ -117,7 +117,8 @@ class Bench:
         port = free_port()
         exe = shutil.which("redis-server") or "redis-server"
         proc = self.start("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                          self.args.load_cores, rt=self.args.redis_rt if self.args.redis_rt is not None else self.args.rt)
+                          self.args.redis_cores or self.args.load_cores,
+                          rt=self.args.redis_rt if self.args.redis_rt is not None else self.args.rt)
         deadline = time.monotonic() + 10
         while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
             if time.monotonic() > deadline or not proc.alive():
@@ -352,6 +353,9 @@ def main() -> None:
     ap.add_argument("--load-cores", default="0")
     ap.add_argument("--nice", type=int, default=0, help="niceness for every process started here (negative: above other work)")
     ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority for every process started here (0: off)")
+    ap.add_argument("--redis-cores", default=None,
+                    help="cores for the redis-server (default: the load cores); on a machine with cores to spare, "
+                         "one of its own, as a production Redis has")
     ap.add_argument("--redis-rt", type=int, default=None,
                     help="SCHED_FIFO priority for the redis-server (default: --rt); above --rt, it runs the moment "
                          "it is woken instead of waiting for the load generator or the stub to end a loop pass")
@@ -397,7 +401,8 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
     bench = Bench(args, run_dir)
     report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
-        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "nice": args.nice, "rt": args.rt, "redis_rt": args.redis_rt,
+        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "redis": args.redis_cores or args.load_cores,
+        "nice": args.nice, "rt": args.rt, "redis_rt": args.redis_rt,
         "keep_awake": args.keep_awake}}
     tokenizer = None if args.no_tokenizer else targets.find_tokenizer()
     extra_env = dict(kv.split("=", 1) for kv in args.noor_env)
@@ -405,7 +410,8 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     try:
         if args.keep_awake:
-            cores = ",".join([args.gateway_cores, args.load_cores] + ([args.scaling_cores] if args.workers_scaling else []))
+            cores = ",".join([args.gateway_cores, args.load_cores] + ([args.scaling_cores] if args.workers_scaling else [])
+                             + ([args.redis_cores] if args.redis_cores else []))
             bench.keep_awake(cores)
             print(f"# cores {cores} kept awake (a SCHED_IDLE busy loop each)", flush=True)
         bench.start_stubs()
