@@ -50,7 +50,6 @@ if rpm > 0 then
     local e = redis.call('ZRANGE', KEYS[1], rpm_used - rpm, rpm_used - rpm, 'WITHSCORES')
     deny('requests', tonumber(e[2]) + window - now)
   end
-  rpm_reset = newest_reset(KEYS[1])
 end
 
 local tpm_used, tpm_reset = 0, 0
@@ -92,7 +91,6 @@ if tpm > 0 then
     end
     deny('tokens', wait)
   end
-  tpm_reset = newest_reset(KEYS[2])
 end
 
 local conc_used = 0
@@ -109,6 +107,9 @@ if bud > 0 then
 end
 
 if reason ~= '' then
+  -- (an admitted request resets each window in a full window: its own entry is the newest)
+  if rpm > 0 then rpm_reset = newest_reset(KEYS[1]) end
+  if tpm > 0 then tpm_reset = newest_reset(KEYS[2]) end
   return {0, reason, retry, rpm_used, rpm_reset, tpm_used, tpm_reset, conc_used, bud_used}
 end
 
