@@ -167,7 +167,7 @@ class RedisLimiter(Limiter):
             return
         if self._task is None:
             await self.start()
-        await self._reserving(ctx, _budget(ident.limits), None)
+        await self._reserving(ctx, _budget(ident.limits), request_cost(ctx), None)
 
     def begin_reserve(self, ctx: RequestContext) -> Awaitable[None]:
         """``reserve``, its script queued on the pipelined connection before this returns: it leaves in the
@@ -177,9 +177,9 @@ class RedisLimiter(Limiter):
         if (ident is None or not limited(ident.limits) or self._task is None or self._wire is None
                 or self.breaker.is_down):
             return self.reserve(ctx)
-        budget = _budget(ident.limits)
-        keys, args = self._call(ctx, request_cost(ctx), budget)
-        return self._reserving(ctx, budget, self._wire.queue("EVALSHA", self._reserve.sha, len(keys), *keys, *args))
+        budget, cost = _budget(ident.limits), request_cost(ctx)
+        keys, args = self._call(ctx, cost, budget)
+        return self._reserving(ctx, budget, cost, self._wire.queue("EVALSHA", self._reserve.sha, len(keys), *keys, *args))
 
     def _call(self, ctx: RequestContext, cost: int, budget: tuple[str | None, float]) -> tuple[list[str], list]:
         """The reserve script's keys and arguments for ``ctx`` at ``cost`` in the budget period ``budget``."""
@@ -192,13 +192,13 @@ class RedisLimiter(Limiter):
                 int(reset_s) + _BUDGET_SLACK_S, int(reset_s * 1000)]
         return self._keys(ident.tenant_id, budget_key), args
 
-    async def _reserving(self, ctx: RequestContext, budget: tuple[str | None, float], sent: asyncio.Future | None) -> None:
-        """Reserve (the first script call already ``sent``, or not yet) and record the decision."""
+    async def _reserving(self, ctx: RequestContext, budget: tuple[str | None, float], cost: int,
+                         sent: asyncio.Future | None) -> None:
+        """Reserve ``cost`` (the first script call already ``sent``, or not yet) and record the decision."""
         ident = ctx.identity
         assert ident is not None
         lim = ident.limits
         budget_key, reset_s = budget
-        cost = request_cost(ctx)
         while True:  # twice at most: a refusal at the prompt's bound is asked again at its exact count
             keys, args = self._call(ctx, cost, budget)
             first, sent = sent, None
