@@ -239,7 +239,7 @@ class Bench:
 
     def streams(self, target: targets.Target | None, concurrency: int, baseline: str | None = None) -> dict:
         url, key = (target.url, target.key) if target else (self.stub_url, None)
-        argv = ["streams", "--url", url, "--concurrency", str(concurrency), "--duration", str(self.args.duration),
+        argv = ["streams", "--url", url, "--concurrency", str(concurrency), "--duration", str(self.args.stream_duration),
                 "--warmup", str(self.args.warmup), "--chunks", str(self.args.chunks), "--model", targets.MODEL]
         return self.loadgen(*argv, *(["--key", key] if key else []), *(["--baseline-url", baseline] if baseline else []))
 
@@ -266,6 +266,7 @@ class Bench:
             if d.get("n") and v.get("n"):
                 out[f"added_{what}"] = {q: round(v[q] - d[q], 3) for q in ("p50", "p90", "p99")}
         print(f"  streams x{n}: {json.dumps({k: v for k, v in out.items() if k.startswith('added')})} "
+              f"({via['ttft_ms'].get('n', 0)} streams, {via['chunk_transit_ms'].get('n', 0)} chunks) "
               f"errors direct={direct['errors']} via={via['errors']} gw cpu={cpu:.0%}", flush=True)
         return out
 
@@ -380,6 +381,9 @@ def main() -> None:
     ap.add_argument("--hold-ramp", type=float, default=3.0)
     ap.add_argument("--chunks", type=int, default=64)
     ap.add_argument("--stream-concurrency", type=int, default=16, help="concurrent streams (the issue's: 16)")
+    ap.add_argument("--stream-duration", type=float, default=15.0,
+                    help="seconds of streams measured (16 streams of 64 chunks 5 ms apart: ~50 streams a second); "
+                         "a TTFT p99 needs hundreds of streams to mean anything, 4 s gives ~200")
     ap.add_argument("--chunk-interval-ms", type=float, default=5.0)
     ap.add_argument("--hold-interval-ms", type=float, default=100.0)
     ap.add_argument("--redis", action="store_true", help="start a redis-server (on the load cores) as Noor's store and limiter")
@@ -397,7 +401,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
 
-    rates = [float(r) for r in args.rates.split(",") if r]
+    rates = [float(r) for r in args.rates.split(",") if r]  # --rates "": no table (streams only, say)
+    top = max(rates, default=1000.0)
     run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
     bench = Bench(args, run_dir)
     report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
@@ -430,11 +435,11 @@ def main() -> None:
             for server in servers:
                 name = "noor" if server == servers[0] else f"noor-{server}"
                 report[name] = run_target(bench, f"Noor ({server})", lambda s=server: make_noor(server=s), rates,
-                                          max(rates), 100, args.gateway_cores, args.streams, args.hold)
+                                          top, 100, args.gateway_cores, args.streams, args.hold)
                 report[name]["server"] = server
         if args.mini:
             report["mini"] = run_target(bench, "minimal proxy (raw ASGI + aiohttp, no features)",
-                                        lambda: targets.mini(bench.stub_url, free_port()), rates, max(rates), 100,
+                                        lambda: targets.mini(bench.stub_url, free_port()), rates, top, 100,
                                         args.gateway_cores, args.streams, 0)
         if args.only in ("litellm", "both"):
             print("\ninstalling/checking LiteLLM in", args.litellm_venv, flush=True)
@@ -448,7 +453,7 @@ def main() -> None:
             )
         if args.workers_scaling > 1:
             n = args.workers_scaling
-            one = _max(report.get("noor"), "capacity") or max(rates)
+            one = _max(report.get("noor"), "capacity") or top
             print(f"\n## worker scaling: {n} workers on cores {args.scaling_cores} (one worker's capacity: {one})",
                   flush=True)
             # At one worker's capacity first (CPU per request, all workers together), then their own capacity.
