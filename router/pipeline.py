@@ -101,8 +101,9 @@ class Pipeline:
             # Before the last bytes: a client that sends its next request on receiving them must find
             # its concurrency slot already given back (so that settle is waited for). Other settles are
             # only queued by begin_settle (the same connection carries this process's next reserve
-            # after them) and their replies awaited after the last bytes, in _finish, which every way
-            # out of the request runs.
+            # after them); where it returns something to await, that is awaited after the last bytes,
+            # in _finish, which every way out of the request runs (the Redis limiter returns nothing:
+            # it handles their replies itself).
             if ctx.reservation is None:
                 return None  # nothing reserved (no limits): nothing to give back
             wait = self.limiter.holds_slot(ctx)

@@ -43,8 +43,9 @@ class Limiter(abc.ABC):
         """``settle``, started now where the limiter can (its store write queued before this returns, to
         leave before the caller's next loop tick), awaited later: the pipeline calls it before the
         response's last bytes, so a client that sends its next request on receiving them finds its
-        concurrency slot free. None: settled already, nothing to wait for (no task is made for it,
-        which the hot path would pay ~10 µs for). By default, ``settle`` itself."""
+        concurrency slot free. None: nothing for the caller to wait for — settled already, or completed
+        by the limiter itself, where no slot waits on it (no task is made for it, which the hot path
+        would pay ~10 µs for). By default, ``settle`` itself."""
         return self.settle(ctx, usage)
 
     def may_defer(self, ctx: RequestContext) -> bool:

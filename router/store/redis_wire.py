@@ -117,6 +117,19 @@ class PipelinedRedis:
         self._connecting: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def preload(self, *scripts: bytes | str) -> None:
+        """Load these Lua scripts on every (re)connection, before any other command: an ``EVALSHA`` that
+        nobody awaits (a settle) cannot recover from ``NOSCRIPT`` in order, and none meets it after a
+        Redis restart. Already connected: they leave with the next write."""
+        for script in scripts:
+            command = ("SCRIPT", "LOAD", script)
+            if command in self._hello:
+                continue
+            self._hello.append(command)
+            loaded = self.queue(*command)
+            if loaded is not None:  # a failure is met again as NOSCRIPT, where that is handled
+                loaded.add_done_callback(lambda fut: fut.cancelled() or fut.exception())
+
     @classmethod
     def like(cls, client: aioredis.Redis) -> PipelinedRedis:
         """A pipelined client to the same Redis, with the same credentials and timeouts, as ``client``."""

@@ -48,3 +48,30 @@ async def test_budget_and_settlements_catch_up_after_an_outage():
             assert not c.reservation.local and not lim.degraded
         finally:
             await lim.close()
+
+
+async def test_a_settle_nobody_waits_for_that_meets_a_dead_redis_is_kept_and_applied_later():
+    """A settle without a concurrency slot is not awaited by its request: its reply (here, the lost
+    connection) is handled where it lands. It must still land in the backlog, not vanish."""
+    limits = TenantLimits(token_budget=1000)
+    with RedisServer(persist=True) as server:
+        lim = RedisLimiter(make_client(server.url, socket_timeout_s=5.0), Breaker(0.1))
+        try:
+            a = ctx(limits, prompt=10, max_tokens=90)
+            await lim.reserve(a)
+            await lim.start()
+            assert lim.begin_settle(a, Usage(10, 20)) is None  # queued; nobody waits for its reply
+            server.kill()  # before it leaves (it may wait for company) or before its reply
+            for _ in range(100):
+                if lim._unsettled:
+                    break
+                await asyncio.sleep(0.02)
+            assert lim._unsettled and lim.breaker.is_down
+            server.start()
+            for _ in range(100):
+                if budget_used(server.url, "t1") == 30 and not lim._unsettled:
+                    break
+                await asyncio.sleep(0.05)
+            assert budget_used(server.url, "t1") == 30 and not lim._unsettled
+        finally:
+            await lim.close()

@@ -331,3 +331,33 @@ async def test_a_reserve_begun_early_is_the_same_reserve_and_survives_a_script_f
         assert info.value.status == 429 and third.reservation is None
     finally:
         await lim.close()
+
+
+async def test_a_settle_nobody_waits_for_is_applied_before_the_next_reserve_and_after_a_script_flush(redis_url):
+    """Without a concurrency slot, ``begin_settle`` returns nothing to await: the reply is handled where
+    it lands. One connection keeps the order, so this process's next reserve sees the tokens given back;
+    a Redis that lost its scripts gets the settle run again, and ``close`` waits for it."""
+    lim = redis_limiter(redis_url)
+    limits = TenantLimits(tokens_per_minute=100)
+    try:
+        a = ctx(limits, prompt=10, max_tokens=50)
+        await lim.reserve(a)
+        assert lim.begin_settle(a, Usage(10, 5)) is None and a.reservation is None
+        b = ctx(limits, prompt=10, max_tokens=50)
+        await lim.reserve(b)  # 15 + 60 <= 100: only if a's settle came first
+        assert b.headers["x-ratelimit-remaining-tokens"] == str(100 - 15 - 60)
+        r = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await r.script_flush()
+            assert lim.begin_settle(b, None) is None  # meets NOSCRIPT: run again in a task
+        finally:
+            await r.aclose()
+    finally:
+        await lim.close()  # waits for settles in flight
+    check = redis_limiter(redis_url)
+    try:
+        c = ctx(limits, prompt=10, max_tokens=75)
+        await check.reserve(c)  # b gave its 60 back: 15 + 85 = 100
+        assert c.headers["x-ratelimit-remaining-tokens"] == "0"
+    finally:
+        await check.close()
