@@ -168,6 +168,11 @@ class PipelinedRedis:
         wire.send(hiredis.pack_command(args), loop, within_s=within_s)
         return fut
 
+    def flush(self) -> None:
+        """Write what is queued now, not at the end of this loop pass."""
+        if self._wire is not None:
+            self._wire.flush()
+
     async def execute_many(self, commands: list[tuple]) -> list[object]:
         """Send several commands in one write and return their replies (an error reply raises)."""
         if not commands:

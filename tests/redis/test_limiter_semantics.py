@@ -361,3 +361,26 @@ async def test_a_settle_nobody_waits_for_is_applied_before_the_next_reserve_and_
         assert c.headers["x-ratelimit-remaining-tokens"] == "0"
     finally:
         await check.close()
+
+
+async def test_a_streams_reserve_is_written_at_once_a_short_requests_shares_the_loop_pass(redis_url):
+    """A stream's first chunk waits for the reserve's answer: its script leaves before ``begin_reserve``
+    returns (the engine request is built after). A short request's waits for this loop pass's others."""
+    lim = redis_limiter(redis_url)
+    try:
+        limits = TenantLimits(tokens_per_minute=1000)
+        await lim.reserve(ctx(limits))  # starts the limiter and connects
+        wire = lim._wire._wire
+        short = ctx(limits)
+        pending_short = lim.begin_reserve(short)
+        assert len(wire.out) == 1  # queued
+        stream = ctx(limits)
+        stream.stream = True
+        pending_stream = lim.begin_reserve(stream)
+        assert wire.out == []  # both written, in order
+        await pending_short
+        await pending_stream
+        assert short.headers["x-ratelimit-remaining-tokens"] == str(1000 - 2 * 60)
+        assert stream.headers["x-ratelimit-remaining-tokens"] == str(1000 - 3 * 60)
+    finally:
+        await lim.close()
