@@ -10,7 +10,9 @@ ledger, pub/sub, key lookups) keeps using redis-py.
 
 Failures look like redis-py's to the callers' breaker: a lost connection fails every command waiting on
 it with ``ConnectionError``; a command unanswered within ``socket_timeout_s`` fails with ``TimeoutError``
-and drops the connection (later replies could no longer be matched); the next command reconnects.
+and drops the connection (later replies could no longer be matched); the next command reconnects. One
+timer per connection watches the oldest unanswered command (replies come in order, so it is the first
+one due) instead of a timer per command, which cost ~3 µs each, three times a request.
 An error reply raises ``redis.exceptions.ResponseError``.
 """
 
@@ -18,22 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import ssl
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-_Waiter = tuple[asyncio.Future, asyncio.TimerHandle | None]
+_Waiter = tuple[asyncio.Future, float]  # the reply's future, and by when it must come (loop time; inf: no limit)
 
 
 class _Wire(asyncio.Protocol):
     """One connection: writes commands, hands each reply to the oldest waiter."""
 
-    def __init__(self, on_lost) -> None:
+    def __init__(self, on_lost, loop: asyncio.AbstractEventLoop, timeout_s: float | None) -> None:
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiters: collections.deque[_Waiter] = collections.deque()
+        self._loop = loop
+        self._timeout_s = timeout_s or None
+        self._watchdog: asyncio.TimerHandle | None = None  # armed for the first waiter that is due
         self.out: list[bytes] = []  # commands of this loop iteration, written together by flush()
         self._flush_soon = False  # flush() is scheduled for this loop iteration
         self._flush_later: asyncio.TimerHandle | None = None  # ... or, for commands that may wait, later
@@ -41,6 +47,30 @@ class _Wire(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
+
+    def expect(self, fut: asyncio.Future, *, limited: bool = True) -> None:
+        """``fut`` takes the next reply not yet claimed; unanswered after the timeout (where ``limited``),
+        the connection is dropped and every waiter fails."""
+        if not (limited and self._timeout_s):
+            self.waiters.append((fut, math.inf))
+            return
+        due = self._loop.time() + self._timeout_s
+        self.waiters.append((fut, due))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(due, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        for _fut, due in self.waiters:  # deadlines grow with the queue: the first finite one is the next due
+            if due == math.inf:
+                continue
+            if due <= self._loop.time():
+                self.fail(TimeoutError(f"Redis did not answer within {self._timeout_s}s"))
+                if self.transport is not None:
+                    self.transport.abort()
+            else:
+                self._watchdog = self._loop.call_at(due, self._watch)
+            return
 
     def send(self, command: bytes, loop: asyncio.AbstractEventLoop, *, within_s: float = 0.0) -> None:
         """Queue ``command``: it leaves with this loop iteration's others, or, given ``within_s``, with the
@@ -77,9 +107,7 @@ class _Wire(asyncio.Protocol):
                 return
             if not self.waiters:
                 continue
-            fut, timer = self.waiters.popleft()
-            if timer is not None:
-                timer.cancel()
+            fut, _due = self.waiters.popleft()  # the watchdog finds the next one due when it fires
             if not fut.done():
                 if isinstance(reply, hiredis.ReplyError):
                     fut.set_exception(ResponseError(str(reply)))
@@ -91,10 +119,11 @@ class _Wire(asyncio.Protocol):
         self._on_lost(self)
 
     def fail(self, exc: Exception) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self.waiters:
-            fut, timer = self.waiters.popleft()
-            if timer is not None:
-                timer.cancel()
+            fut, _due = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -145,12 +174,11 @@ class PipelinedRedis:
 
     async def execute(self, *args: object) -> object:
         """Send one command (pipelined with any others in flight) and return its reply."""
-        wire = self._wire if self._wire is not None else await self._connect()
+        wire = self._live() or await self._connect()
         loop = self._loop
         assert loop is not None
         fut = loop.create_future()
-        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, fut) if self._socket_timeout_s else None
-        wire.waiters.append((fut, timer))
+        wire.expect(fut)
         wire.send(hiredis.pack_command(args), loop)
         return await fut
 
@@ -163,8 +191,7 @@ class PipelinedRedis:
         if wire is None or loop is None or wire.transport is None or wire.transport.is_closing():
             return None
         fut = loop.create_future()
-        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, fut) if self._socket_timeout_s else None
-        wire.waiters.append((fut, timer))
+        wire.expect(fut)
         wire.send(hiredis.pack_command(args), loop, within_s=within_s)
         return fut
 
@@ -177,14 +204,13 @@ class PipelinedRedis:
         """Send several commands in one write and return their replies (an error reply raises)."""
         if not commands:
             return []
-        wire = self._wire if self._wire is not None else await self._connect()
+        wire = self._live() or await self._connect()
         loop = self._loop
         assert loop is not None
         futures = [loop.create_future() for _ in commands]
         last = futures[-1]
-        timer = loop.call_later(self._socket_timeout_s, self._timed_out, wire, last) if self._socket_timeout_s else None
-        wire.waiters.extend((fut, None) for fut in futures[:-1])
-        wire.waiters.append((last, timer))
+        for fut in futures:
+            wire.expect(fut)
         for command in commands:
             wire.send(hiredis.pack_command(command), loop)
         try:
@@ -213,12 +239,13 @@ class PipelinedRedis:
         self._wire = None
 
     # ---- internals
-    def _timed_out(self, wire: _Wire, fut: asyncio.Future) -> None:
-        if fut.done():
-            return
-        wire.fail(TimeoutError(f"Redis did not answer within {self._socket_timeout_s}s"))
-        if wire.transport is not None:
-            wire.transport.abort()
+    def _live(self) -> _Wire | None:
+        """The connection, unless there is none or it is closing (dropped after a timeout, say, before its
+        ``connection_lost`` ran): then the caller connects afresh."""
+        wire = self._wire
+        if wire is None or wire.transport is None or wire.transport.is_closing():
+            return None
+        return wire
 
     def _lost(self, wire: _Wire) -> None:
         if self._wire is wire:
@@ -246,13 +273,18 @@ class PipelinedRedis:
     async def _open(self) -> _Wire:
         host, port, path, tls = self._where
         assert self._loop is not None
+        loop, timeout_s = self._loop, self._socket_timeout_s
+
+        def make() -> _Wire:
+            return _Wire(self._lost, loop, timeout_s)
+
         if path:
-            _, wire = await self._loop.create_unix_connection(lambda: _Wire(self._lost), path)
+            _, wire = await self._loop.create_unix_connection(make, path)
         else:
-            _, wire = await self._loop.create_connection(lambda: _Wire(self._lost), host, port, ssl=tls)
+            _, wire = await self._loop.create_connection(make, host, port, ssl=tls)
         for command in self._hello:
             fut = self._loop.create_future()
-            wire.waiters.append((fut, None))
+            wire.expect(fut, limited=False)  # the connect timeout covers these
             assert wire.transport is not None
             wire.transport.write(hiredis.pack_command(tuple(a for a in command if a is not None)))
             await fut

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 import redis
@@ -83,6 +84,30 @@ async def test_unanswered_commands_time_out_and_the_next_one_reconnects():
                 os.killpg(server.proc.pid, signal.SIGCONT)
             assert all(isinstance(r, TimeoutError) and isinstance(r, REDIS_DOWN) for r in results)
             assert await wire.execute("GET", "k") == b"v"  # a fresh connection, replies matched again
+        finally:
+            await wire.close()
+            await client.aclose()
+
+
+async def test_each_command_gets_its_whole_timeout_from_its_own_sending():
+    """One watchdog per connection, armed for the oldest unanswered command: a command sent after an
+    answered one must not inherit the earlier one's deadline, nor wait for it past its own."""
+    with RedisServer() as server:
+        client = make_client(server.url, socket_timeout_s=0.4)
+        wire = PipelinedRedis.like(client)
+        try:
+            await wire.execute("SET", "k", "v")  # the watchdog is armed for ~0.4 s from now
+            await asyncio.sleep(0.25)
+            os.killpg(server.proc.pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await wire.execute("GET", "k")
+                waited = time.monotonic() - t0
+            finally:
+                os.killpg(server.proc.pid, signal.SIGCONT)
+            assert 0.35 <= waited < 1.0, waited
+            assert await wire.execute("GET", "k") == b"v"
         finally:
             await wire.close()
             await client.aclose()
