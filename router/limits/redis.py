@@ -340,8 +340,7 @@ class RedisLimiter(Limiter):
             self.breaker.succeeded()
         elif isinstance(exc, REDIS_DOWN):
             self.breaker.failed(exc)
-            if len(self._unsettled) < _MAX_BACKLOG:
-                self._unsettled.append((settle_keys, args))
+            self._keep_unsettled(settle_keys, args)
         elif isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT"):
             again = asyncio.ensure_future(self._settled(None, settle_keys, args))
             self._settling.add(again)
@@ -358,8 +357,12 @@ class RedisLimiter(Limiter):
         try:
             await self.breaker.call(lambda: self._script(self._settle, settle_keys, args, sent))
         except StoreUnavailable:
-            if len(self._unsettled) < _MAX_BACKLOG:
-                self._unsettled.append((settle_keys, args))
+            self._keep_unsettled(settle_keys, args)
+
+    def _keep_unsettled(self, settle_keys: list, args: list) -> None:
+        """A settle Redis did not get: applied by the maintenance loop once Redis answers again."""
+        if len(self._unsettled) < _MAX_BACKLOG:
+            self._unsettled.append((settle_keys, args))
 
     async def _script(self, script: AsyncScript, keys: list, args: list, sent: asyncio.Future | None = None) -> object:
         """Run ``script``; ``sent``: its EVALSHA already queued on the pipelined connection."""
