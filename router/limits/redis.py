@@ -49,7 +49,7 @@ from router.limits.redis_scripts import CHARGE, RENEW, RESERVE, SETTLE
 from router.limits.reservation import Reservation, actual_tokens, exact_cost, limited, request_cost
 from router.store.base import TenantLimits
 from router.store.redis_link import REDIS_DOWN, Breaker, StoreUnavailable
-from router.store.redis_wire import PipelinedRedis
+from router.store.redis_wire import PipelinedRedis, is_noscript
 from serving.backends.base import Usage
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ class RedisLimiter(Limiter):
         elif isinstance(exc, REDIS_DOWN):
             self.breaker.failed(exc)
             self._keep_unsettled(settle_keys, args)
-        elif isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT"):
+        elif is_noscript(exc):
             again = asyncio.ensure_future(self._settled(None, settle_keys, args))
             self._settling.add(again)
             again.add_done_callback(self._on_settled_again)
@@ -369,8 +369,8 @@ class RedisLimiter(Limiter):
         if sent is not None:
             try:
                 return await sent
-            except ResponseError as exc:  # NOSCRIPT: Redis restarted; evalsha loads it and runs it again
-                if not str(exc).startswith("NOSCRIPT"):
+            except ResponseError as exc:  # NOSCRIPT: its scripts flushed; evalsha loads it and runs it again
+                if not is_noscript(exc):
                     raise
         if self._wire is None:
             return await script(keys=keys, args=args)

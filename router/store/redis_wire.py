@@ -27,6 +27,11 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+def is_noscript(exc: BaseException) -> bool:
+    """Is ``exc`` Redis saying it does not know a script's SHA (restarted, or its scripts flushed)?"""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
+
+
 _Waiter = tuple[asyncio.Future, float]  # the reply's future, and by when it must come (loop time; inf: no limit)
 
 
@@ -227,7 +232,7 @@ class PipelinedRedis:
         try:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
+            if not is_noscript(exc):
                 raise
             await self.execute("SCRIPT", "LOAD", script)
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
