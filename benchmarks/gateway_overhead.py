@@ -19,7 +19,10 @@ Reported:
    concurrent open streams on one worker.
 3. The same for LiteLLM's proxy (installed into its own venv on first use), one worker, same core;
    ``--mini`` adds a minimal raw-ASGI + aiohttp proxy, the floor for any Python gateway.
-4. Worker scaling (``--workers-scaling N``): N workers on ``--scaling-cores`` against one.
+4. Worker scaling (``--workers-scaling 2,4``): N workers on the first N of ``--scaling-cores``, first at 0.9·N×
+   one worker's capacity (the issue's bar), then their own capacity. ``--load-procs K`` splits each rate over K
+   load generators (samples merged) and ``--stub-procs K`` runs K stubs on one port, for rates one process
+   cannot hold; ``--stub-cores`` puts the stubs on cores of their own.
 
     python benchmarks/gateway_overhead.py --redis --rt 1 --mini --workers-scaling 2 --json out.json
     python benchmarks/gateway_overhead.py --only noor --no-streams --hold 0 --rates 1000 --no-search
@@ -37,6 +40,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,8 +51,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from overhead import targets  # noqa: E402
-from overhead.procs import Proc, free_port, run_pinned, wait_http  # noqa: E402
+from overhead import loadgen, targets  # noqa: E402
+from overhead.procs import Proc, free_port, pinned, run_pinned, wait_http  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -96,10 +100,13 @@ class Bench:
 
     def start_stubs(self) -> None:
         port, hold_port = free_port(), free_port()
-        stub = self.start("stub", [PY, str(HERE / "overhead" / "stub.py"), "--port", str(port),
-                                   "--interval-ms", str(self.args.chunk_interval_ms)], self.args.load_cores)
+        cores = self.args.stub_cores or self.args.load_cores
+        many = ["--reuse-port"] if self.args.stub_procs > 1 else []
+        for i in range(self.args.stub_procs):  # several share the port: the kernel spreads the connections
+            stub = self.start(f"stub-{i}" if i else "stub", [PY, str(HERE / "overhead" / "stub.py"), "--port", str(port),
+                                                             "--interval-ms", str(self.args.chunk_interval_ms), *many], cores)
         hold = self.start("stub-hold", [PY, str(HERE / "overhead" / "stub.py"), "--port", str(hold_port),
-                                        "--interval-ms", str(self.args.hold_interval_ms)], self.args.load_cores)
+                                        "--interval-ms", str(self.args.hold_interval_ms)], cores)
         self.stub_url, self.hold_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hold_port}"
         wait_http(self.stub_url + "/health", 20, stub)
         wait_http(self.hold_url + "/health", 20, hold)
@@ -141,15 +148,34 @@ class Bench:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def rate(self, url: str, key: str | None, rate: float, model: str = targets.MODEL, baseline: str | None = None) -> dict:
-        conns = str(max(4, min(64, int(rate / 50))))
-        argv = ["rate", "--url", url, "--rate", str(rate), "--duration", str(self.args.duration),
+        """``rate`` req/s from one load generator, or from ``--load-procs`` of them at once, each offering
+        its share (for rates one process cannot hold: several workers' capacity), their samples merged."""
+        k = self.args.load_procs
+        conns = str(max(4, min(64, int(rate / k / 50))))
+        argv = ["rate", "--url", url, "--rate", str(rate / k), "--duration", str(self.args.duration),
                 "--warmup", str(self.args.warmup), "--connections", conns, "--model", model,
                 "--arrivals", self.args.arrivals, "--grace", str(self.args.grace)]
         if key:
             argv += ["--key", key]
         if baseline:
             argv += ["--baseline-url", baseline]
-        return self.loadgen(*argv)
+        if k == 1:
+            return self.loadgen(*argv)
+        files = [self.log_dir / f"samples-{i}.json" for i in range(k)]
+        popens = [subprocess.Popen(pinned([PY, str(HERE / "overhead" / "loadgen.py"), *argv, "--samples", str(f)],
+                                          self.args.load_cores, self.args.nice, self.args.rt),
+                                   cwd=targets.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True) for f in files]
+        results = []
+        for popen in popens:
+            out, err = popen.communicate()
+            if popen.returncode != 0:
+                raise RuntimeError(f"loadgen failed: {err[-2000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        samples = [json.loads(f.read_bytes()) for f in files]
+        for f in files:
+            f.unlink()
+        return loadgen.merge_rate(results, samples)
 
     def settle(self, proc: Proc, idle_share: float = 0.05, limit_s: float = 8.0) -> None:
         """Wait until the gateway is idle (under ``idle_share`` of a core over 0.25 s): a row must not start
@@ -389,8 +415,15 @@ def main() -> None:
     ap.add_argument("--redis", action="store_true", help="start a redis-server (on the load cores) as Noor's store and limiter")
     ap.add_argument("--store-url", default=None, help="Noor's store (default: SQLite in a temp dir)")
     ap.add_argument("--server", default="uvicorn", help="Noor's ASGI server(s): uvicorn (noor serve), granian, or both: uvicorn,granian")
-    ap.add_argument("--workers-scaling", type=int, default=0, help="also measure N workers on --scaling-cores")
+    ap.add_argument("--workers-scaling", default="",
+                    help="also measure N workers (a list: 2,4,8) on the first N of --scaling-cores, each against one")
     ap.add_argument("--scaling-cores", default="0,1")
+    ap.add_argument("--stub-cores", default=None, help="cores for the stubs (default: the load cores)")
+    ap.add_argument("--stub-procs", type=int, default=1,
+                    help="stub processes sharing its port (SO_REUSEPORT), for rates one cannot answer")
+    ap.add_argument("--load-procs", type=int, default=1,
+                    help="load generators offering each rate together (their samples merged), for rates one cannot "
+                         "hold; give them as many --load-cores")
     ap.add_argument("--concurrency-cap", action="store_true", help="give the bench tenant a (huge) concurrency cap too")
     ap.add_argument("--no-tokenizer", action="store_true", help="serve without a tokenizer (prompts not counted)")
     ap.add_argument("--noor-env", action="append", default=[], help="extra NAME=VALUE for Noor's environment")
@@ -400,13 +433,17 @@ def main() -> None:
     ap.add_argument("--profile-rate", type=float, default=1000.0)
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
+    # Stopped by a timeout or a kill: still stop every process started here and write the figures so far.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     rates = [float(r) for r in args.rates.split(",") if r]  # --rates "": no table (streams only, say)
+    scaling = [int(n) for n in args.workers_scaling.split(",") if n and int(n) > 1]
     top = max(rates, default=1000.0)
     run_dir = Path(tempfile.mkdtemp(prefix="noor-overhead-"))
     bench = Bench(args, run_dir)
     report: dict = {"argv": sys.argv, "machine": machine(), "pinning": {
-        "gateway": args.gateway_cores, "stub+loadgen": args.load_cores, "redis": args.redis_cores or args.load_cores,
+        "gateway": args.gateway_cores, "loadgen": args.load_cores, "stub": args.stub_cores or args.load_cores,
+        "redis": args.redis_cores or args.load_cores, "load_procs": args.load_procs, "stub_procs": args.stub_procs,
         "nice": args.nice, "rt": args.rt, "redis_rt": args.redis_rt,
         "keep_awake": args.keep_awake}}
     tokenizer = None if args.no_tokenizer else targets.find_tokenizer()
@@ -415,8 +452,9 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     try:
         if args.keep_awake:
-            cores = ",".join([args.gateway_cores, args.load_cores] + ([args.scaling_cores] if args.workers_scaling else [])
-                             + ([args.redis_cores] if args.redis_cores else []))
+            cores = ",".join([args.gateway_cores, args.load_cores] + ([args.scaling_cores] if scaling else [])
+                             + ([args.redis_cores] if args.redis_cores else [])
+                             + ([args.stub_cores] if args.stub_cores else []))
             bench.keep_awake(cores)
             print(f"# cores {cores} kept awake (a SCHED_IDLE busy loop each)", flush=True)
         bench.start_stubs()
@@ -451,15 +489,20 @@ def main() -> None:
                 lambda: targets.litellm(bench.stub_url, run_dir / "litellm", free_port(), venv=args.litellm_venv),
                 lrates, lrates[len(lrates) // 2], min(lrates), args.gateway_cores, args.streams, 0,
             )
-        if args.workers_scaling > 1:
-            n = args.workers_scaling
-            one = _max(report.get("noor"), "capacity") or top
-            print(f"\n## worker scaling: {n} workers on cores {args.scaling_cores} (one worker's capacity: {one})",
-                  flush=True)
-            # At one worker's capacity first (CPU per request, all workers together), then their own capacity.
-            report["scaling"] = run_target(bench, f"Noor ×{n}", lambda: make_noor(n, servers[0]), [one], one, 100,
-                                           args.scaling_cores, False, 0, criteria="capacity")
-            report["scaling"]["workers"] = n
+        one = _max(report.get("noor"), "capacity") or top
+        spare = sorted(cpu_list(args.scaling_cores))
+        for n in scaling:
+            if n > len(spare):
+                print(f"\n## worker scaling: {n} workers skipped, --scaling-cores has {len(spare)}", flush=True)
+                continue
+            cores = ",".join(map(str, spare[:n]))
+            print(f"\n## worker scaling: {n} workers on cores {cores} (one worker's capacity: {one})", flush=True)
+            # First at 0.9·N× one worker's capacity (the issue's bar), then their own capacity from there.
+            goal = round(0.9 * n * one)
+            result = run_target(bench, f"Noor ×{n}", lambda n=n: make_noor(n, servers[0]), [goal], goal, 100,
+                                cores, False, 0, criteria="capacity")
+            result.update(workers=n, cores=cores, goal=goal)
+            report.setdefault("scaling", []).append(result)
         report["machine"]["loadavg_end"] = os.getloadavg()
         summarize(report)
     finally:
@@ -505,10 +548,15 @@ def summarize(report: dict) -> None:
             print(f"- {criterion} max rate, Noor / LiteLLM: {n / l:.0f}×")
         if n and m:
             print(f"- {criterion} max rate, Noor / minimal proxy: {n / m:.2f}")
-    sc = report.get("scaling")
     n1 = _max(noor, "capacity")
-    if sc and n1 and _max(sc, "capacity"):
-        print(f"- {sc['workers']} workers: {_max(sc, 'capacity')} req/s = {_max(sc, 'capacity') / n1:.2f}× one worker (capacity)")
+    for sc in report.get("scaling", []):
+        m, goal = _max(sc, "capacity"), _at(sc, sc["goal"])
+        if n1 and m:
+            print(f"- {sc['workers']} workers: capacity {m} req/s = {m / n1:.2f}× one worker's {n1}")
+        if goal:
+            print(f"- {sc['workers']} workers at 0.9·{sc['workers']}× one worker ({sc['goal']} req/s): "
+                  f"{'carried' if goal['carried'] else 'NOT carried'}, achieved {goal['via']['achieved']:.0f}, "
+                  f"errors {goal['via']['errors']}, added p99 {goal.get('added_p99', float('nan')):.2f} ms")
 
 
 if __name__ == "__main__":

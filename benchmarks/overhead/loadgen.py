@@ -304,6 +304,31 @@ class RateRun:
         ]
 
 
+def merge_rate(results: list[dict], samples: list[list[dict]]) -> dict:
+    """One rate result from several load generators that each offered a share of the rate at once: counts
+    summed, percentiles recomputed from every generator's samples (``--samples``), CPU summed."""
+
+    def one(parts: list[dict], raw: list[dict]) -> dict:
+        out = dict(parts[0])
+        for k in ("offered", "sent", "sent_total", "ok", "errors", "achieved", "connections", "loadgen_cpu"):
+            if k in out:
+                out[k] = round(sum(p.get(k, 0) for p in parts), 3)
+        kinds: dict[str, int] = {}
+        for p in parts:
+            for reason, n in p.get("error_kinds", {}).items():
+                kinds[reason] = kinds.get(reason, 0) + n
+        out["error_kinds"] = kinds
+        out["latency_ms"] = summary([x for r in raw for x in r["latencies"]])
+        out["lag_ms"] = summary([x for r in raw for x in r["lags"]])
+        out["load_procs"] = len(parts)
+        return out
+
+    merged = one([r for r in results], [s[0] for s in samples])
+    if "baseline" in results[0]:
+        merged["baseline"] = one([r["baseline"] for r in results], [s[1] for s in samples])
+    return merged
+
+
 # ---- streams ----------------------------------------------------------------------------------
 
 
@@ -489,6 +514,9 @@ async def amain(args: argparse.Namespace) -> dict:
             result, *baseline = await run.go(args.grace)
             if baseline:
                 result["baseline"] = baseline[0]
+            if args.samples:
+                with open(args.samples, "wb") as f:
+                    f.write(orjson.dumps([{"latencies": fl.latencies, "lags": fl.lags} for fl in flows]))
             return result
         request = build_request(args.url, args.path, body_for(args, stream=True), args.key)
         if args.mode == "streams":
@@ -524,6 +552,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--ramp", type=float, default=2.0)
     ap.add_argument("--chunks", type=int, default=64, help="content chunks each stream must carry")
+    ap.add_argument("--samples", default=None,
+                    help="rate mode: also write every latency and send lag (seconds) to this file, so the results "
+                         "of several load generators can be merged exactly (merge_rate)")
     args = ap.parse_args()
     result = uvloop.run(amain(args))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -155,9 +155,10 @@ class StubProtocol(asyncio.Protocol):
         t.write(_http_chunk(tail + b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
-async def serve(host: str, port: int, chunks: int, interval_ms: float) -> None:
+async def serve(host: str, port: int, chunks: int, interval_ms: float, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: StubProtocol(chunks, interval_ms / 1000.0), host, port, backlog=4096)
+    server = await loop.create_server(lambda: StubProtocol(chunks, interval_ms / 1000.0), host, port, backlog=4096,
+                                      reuse_port=reuse_port or None)
     print(f"stub listening on http://{host}:{port}", flush=True)
     async with server:
         await server.serve_forever()
@@ -169,8 +170,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--chunks", type=int, default=64, help="content chunks per stream")
     ap.add_argument("--interval-ms", type=float, default=5.0, help="pause before each content chunk")
+    ap.add_argument("--reuse-port", action="store_true",
+                    help="share the port with other stubs (SO_REUSEPORT: the kernel spreads connections over them), "
+                         "for rates one process cannot answer")
     args = ap.parse_args()
-    uvloop.run(serve(args.host, args.port, args.chunks, args.interval_ms))
+    uvloop.run(serve(args.host, args.port, args.chunks, args.interval_ms, args.reuse_port))
 
 
 if __name__ == "__main__":
