@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from overhead import loadgen, targets  # noqa: E402
-from overhead.procs import Proc, free_port, pinned, run_pinned, wait_http  # noqa: E402
+from overhead.procs import Proc, free_port, pinned, rt_refused, run_pinned, wait_http  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -79,6 +79,8 @@ class Bench:
     stub_url: str = ""
     hold_url: str = ""
     procs: list[Proc] = field(default_factory=list)
+    redis: Proc | None = None
+    redis_port: int = 0
     measured: dict[str, dict[float, dict]] = field(default_factory=dict)  # target -> rate -> row
 
     # ---- processes
@@ -131,7 +133,23 @@ class Bench:
             if time.monotonic() > deadline or not proc.alive():
                 raise RuntimeError(f"redis-server did not start:\n{proc.tail()}")
             time.sleep(0.1)
+        self.redis, self.redis_port = proc, port
         return f"redis://127.0.0.1:{port}/0"
+
+    def redis_commands(self) -> dict[str, tuple[int, int]]:
+        """Redis's own count of calls and microseconds per command (``INFO commandstats``), to say what a
+        request costs Redis and which command it goes to."""
+        if not self.redis_port:
+            return {}
+        out = subprocess.run(["redis-cli", "-p", str(self.redis_port), "INFO", "commandstats"], capture_output=True,
+                             text=True).stdout
+        stats = {}
+        for line in out.splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, fields = line[len("cmdstat_"):].partition(":")
+                kv = dict(f.split("=", 1) for f in fields.split(","))
+                stats[name] = (int(kv["calls"]), int(kv["usec"]))
+        return stats
 
     def start_target(self, target: targets.Target, cores: str) -> Proc:
         proc = self.start(target.name, target.cmd, cores, target.env)
@@ -197,14 +215,28 @@ class Bench:
         """
         self.settle(proc)
         direct = None if self.args.paired else self.rate(self.stub_url, None, rate)
-        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+        redis0, cmds0 = (self.redis.cpu_seconds() if self.redis else 0.0), self.redis_commands()
+        by_pid0, t0 = proc.cpu_by_pid(), time.monotonic()
         via = self.rate(target.url, target.key, rate, baseline=self.stub_url if self.args.paired else None)
         if direct is None:
             direct = via.pop("baseline")
-        cpu_s = proc.cpu_seconds() - cpu0
-        cpu = cpu_s / (time.monotonic() - t0)
+        wall = time.monotonic() - t0
+        by_pid = {pid: s - by_pid0.get(pid, 0.0) for pid, s in proc.cpu_by_pid().items()}
+        cpu_s = sum(by_pid.values())
+        cpu = cpu_s / wall
+        n = max(1, via.get("sent_total", 1))
         row = {"offered": rate, "direct": direct, "via": via, "gateway_cpu": round(cpu, 3),
-               "gateway_cpu_us_per_request": round(1e6 * cpu_s / max(1, via.get("sent_total", 1)), 1)}
+               "gateway_cpu_us_per_request": round(1e6 * cpu_s / n, 1)}
+        if len(by_pid) > 1:  # several workers: each one's share of a core, busiest first (is the load even?)
+            row["gateway_cpu_per_process"] = sorted((round(s / wall, 3) for s in by_pid.values()), reverse=True)
+        if self.redis and target.name == "noor":
+            # Redis's CPU over the run (its process, wall to wall) and its commands per request: what one
+            # Redis core can serve caps a fleet of workers sharing it.
+            row["redis_cpu_us_per_request"] = round(1e6 * (self.redis.cpu_seconds() - redis0) / n, 1)
+            cmds = {k: (c - cmds0.get(k, (0, 0))[0], u - cmds0.get(k, (0, 0))[1])
+                    for k, (c, u) in self.redis_commands().items()}
+            row["redis_commands_per_request"] = {k: {"calls": round(c / n, 3), "usec": round(u / n, 1)}
+                                                 for k, (c, u) in sorted(cmds.items()) if c > 0 and k != "info"}
         d, v = direct["latency_ms"], via["latency_ms"]
         if d.get("n") and v.get("n"):
             row["added_p50"] = round(v["p50"] - d["p50"], 3)
@@ -317,7 +349,11 @@ def fmt_row(row: dict) -> str:
     return (
         f"| {row['offered']:.0f} | {d['achieved']:.0f} | {fmt_ms(d['latency_ms'])} | {v['achieved']:.0f} | "
         f"{v['errors']} | {fmt_ms(v['latency_ms'])} | {added} | {row['gateway_cpu']:.0%} "
-        f"({row['gateway_cpu_us_per_request']:.0f} µs/req) | "
+        f"({row['gateway_cpu_us_per_request']:.0f} µs/req"
+        + (f"; per process {' '.join(f'{c:.0%}' for c in row['gateway_cpu_per_process'])}"
+           if "gateway_cpu_per_process" in row else "")
+        + (f"; Redis {row['redis_cpu_us_per_request']:.0f} µs/req" if "redis_cpu_us_per_request" in row else "")
+        + ") | "
         f"{d['lag_ms'].get('p99', 0):.2f} / {v['lag_ms'].get('p99', 0):.2f} | "
         f"{'yes' if row['sustained'] else 'no'} / {'yes' if row['carried'] else 'no'} |"
     )
@@ -436,6 +472,9 @@ def main() -> None:
     # Stopped by a timeout or a kill: still stop every process started here and write the figures so far.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    for rt in {args.rt, args.redis_rt or 0} - {0}:
+        if why := rt_refused(rt):
+            sys.exit(f"--rt/--redis-rt {rt}: SCHED_FIFO is refused on this machine ({why}); run without it")
     rates = [float(r) for r in args.rates.split(",") if r]  # --rates "": no table (streams only, say)
     scaling = [int(n) for n in args.workers_scaling.split(",") if n and int(n) > 1]
     top = max(rates, default=1000.0)

@@ -52,6 +52,14 @@ def run_pinned(cmd: list[str], cores: str | None, nice: int = 0, cwd: Path | Non
     return subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
 
 
+def rt_refused(rt: int) -> str | None:
+    """Why SCHED_FIFO at priority ``rt`` cannot be had here (None when it can): a VM or container may
+    refuse it even to root (seen on a Firecracker GPU host: "chrt: failed to set pid 0's policy:
+    Operation not permitted"), and a benchmark should say so before it starts anything."""
+    out = subprocess.run(["chrt", "-f", str(rt), "true"], capture_output=True, text=True)
+    return None if out.returncode == 0 else (out.stderr.strip() or f"chrt exited {out.returncode}")
+
+
 def pinned(cmd: list[str], cores: str | None, nice: int = 0, rt: int = 0) -> list[str]:
     """``cmd`` run on ``cores`` (taskset list syntax, e.g. "1" or "0,1") at niceness ``nice``, or under
     SCHED_FIFO at priority ``rt`` when it is not 0."""
@@ -91,12 +99,16 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the process and its live children (the whole process group)."""
-        total = 0.0
+        return sum(self.cpu_by_pid().values())
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        """User + system CPU of each live process of the group: how evenly a server's workers share the load."""
+        out: dict[int, float] = {}
         for pid in _group_pids(self.popen.pid):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        return total
+                out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return out
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self.alive():
