@@ -319,7 +319,8 @@ class RedisLimiter(Limiter):
                 if not running:
                     del self._running[res.tenant_id]
         keys = self._keys(res.tenant_id, res.budget_key)
-        settle_keys, args = [keys[2], keys[3], keys[4], keys[5]], [res.request_id, actual]
+        settle_keys = [keys[2], keys[3], keys[4], keys[5]]
+        args = [res.request_id, actual, int(res.tokens), int(res.concurrency), int(res.budget_key is not None)]
         sent = None
         if self._wire is not None and not self.breaker.is_down:
             sent = self._wire.queue("EVALSHA", self._settle.sha, len(settle_keys), *settle_keys, *args,

@@ -4,7 +4,7 @@ Same semantics as ``local.py`` (sliding logs for RPM/TPM, a counter per budget p
 concurrency), with the clock read inside the script (``TIME``), so replicas with skewed clocks still
 agree. Key layout per tenant T (hash-tagged, so a Redis Cluster keeps them in one slot):
 ``rl:{T}:rpm`` zset of request ids by start ms; ``rl:{T}:tpm`` the same for tokens, with
-``rl:{T}:tpm:amt`` (request id -> tokens, and ``_sum``); ``rl:{T}:conc`` zset of request ids by lease
+``rl:{T}:tpm:amt`` (request id -> tokens, ``_sum``, and ``_ttl``: when the log's TTLs were last set); ``rl:{T}:conc`` zset of request ids by lease
 expiry ms; ``rl:{T}:budget:{period}`` counter; ``rl:{T}:open`` request id -> tokens charged to the
 budget, so settling twice (a retry after a lost reply) corrects the budget once. Reserving twice is
 harmless too: a request id already in a bucket is not charged again.
@@ -22,9 +22,14 @@ local window, lease = tonumber(ARGV[7]), tonumber(ARGV[8])
 local horizon = now - window
 local reason, retry = '', 0
 
--- The same request again (a client retry re-sent a script whose reply was lost): charged already.
-if (rpm > 0 and redis.call('ZSCORE', KEYS[1], rid)) or (tpm > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1)
-    or (conc > 0 and redis.call('ZSCORE', KEYS[4], rid)) or (bud > 0 and redis.call('HEXISTS', KEYS[6], rid) == 1) then
+-- The same request again (a client retry re-sent a script whose reply was lost): charged already. One
+-- bucket tells, the first one set: this script writes the id into every bucket set, at once.
+local seen = false
+if rpm > 0 then seen = redis.call('ZSCORE', KEYS[1], rid)
+elseif tpm > 0 then seen = redis.call('HEXISTS', KEYS[3], rid) == 1
+elseif conc > 0 then seen = redis.call('ZSCORE', KEYS[4], rid)
+elseif bud > 0 then seen = redis.call('HEXISTS', KEYS[6], rid) == 1 end
+if seen then
   return {1, '', 0, redis.call('ZCARD', KEYS[1]), window, tonumber(redis.call('HGET', KEYS[3], '_sum') or '0'), window,
           redis.call('ZCARD', KEYS[4]), tonumber(redis.call('GET', KEYS[5]) or '0')}
 end
@@ -52,6 +57,10 @@ if rpm > 0 then
   end
 end
 
+-- A sliding log's keys must outlive their newest entry by a window. Their TTLs are set to 1.25 windows,
+-- and only when the last setting is a quarter window old (its time kept in the amounts hash): an entry
+-- added meanwhile still has a full window. One HSET a quarter window, not three PEXPIREs a request.
+local ttl, ttl_due = window + math.floor(window / 4), true
 local tpm_used, tpm_reset = 0, 0
 if tpm > 0 then
   while true do
@@ -66,7 +75,9 @@ if tpm > 0 then
     redis.call('HDEL', KEYS[3], unpack(old))
     redis.call('ZREM', KEYS[2], unpack(old))
   end
-  tpm_used = tonumber(redis.call('HGET', KEYS[3], '_sum') or '0')
+  local sum, ttl_set = unpack(redis.call('HMGET', KEYS[3], '_sum', '_ttl'))
+  tpm_used = tonumber(sum or '0')
+  ttl_due = not ttl_set or now - tonumber(ttl_set) >= window / 4
   if cost > tpm then
     deny('request_too_large', 0)
   elseif tpm_used + cost > tpm then
@@ -115,15 +126,19 @@ end
 
 if rpm > 0 then
   redis.call('ZADD', KEYS[1], now, rid)
-  redis.call('PEXPIRE', KEYS[1], window)
+  if ttl_due then redis.call('PEXPIRE', KEYS[1], ttl) end
   rpm_used, rpm_reset = rpm_used + 1, window
 end
 if tpm > 0 then
   redis.call('ZADD', KEYS[2], now, rid)
-  redis.call('HSET', KEYS[3], rid, cost)
+  if ttl_due then
+    redis.call('HSET', KEYS[3], rid, cost, '_ttl', now)
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    redis.call('PEXPIRE', KEYS[3], ttl)
+  else
+    redis.call('HSET', KEYS[3], rid, cost)
+  end
   redis.call('HINCRBY', KEYS[3], '_sum', cost)
-  redis.call('PEXPIRE', KEYS[2], window)
-  redis.call('PEXPIRE', KEYS[3], window)
   tpm_used, tpm_reset = tpm_used + cost, window
 end
 if conc > 0 then
@@ -141,15 +156,18 @@ return {1, '', 0, rpm_used, rpm_reset, tpm_used, tpm_reset, conc_used, bud_used}
 """
 
 SETTLE = """
--- KEYS: tpm amounts, concurrency, budget, open.  ARGV: request id, actual tokens
+-- KEYS: tpm amounts, concurrency, budget, open.  ARGV: request id, actual tokens, then whether the
+-- reservation holds tokens, a concurrency slot, a budget charge ('0': no; absent: yes), so that a
+-- bucket the tenant has no limit for is not looked at (two of the five calls, for a tenant with RPM/TPM)
 local rid, actual = ARGV[1], tonumber(ARGV[2])
-redis.call('ZREM', KEYS[2], rid)
-local cur = redis.call('HGET', KEYS[1], rid)
+local tokens, conc, bud = ARGV[3] ~= '0', ARGV[4] ~= '0', ARGV[5] ~= '0'
+if conc then redis.call('ZREM', KEYS[2], rid) end
+local cur = tokens and redis.call('HGET', KEYS[1], rid)
 if cur then
   redis.call('HSET', KEYS[1], rid, actual)
   redis.call('HINCRBY', KEYS[1], '_sum', actual - tonumber(cur))
 end
-local held = redis.call('HGET', KEYS[4], rid)
+local held = bud and redis.call('HGET', KEYS[4], rid)
 if held then
   redis.call('HDEL', KEYS[4], rid)
   if redis.call('EXISTS', KEYS[3]) == 1 then

@@ -166,6 +166,61 @@ async def test_reserving_twice_charges_once(redis_url):
     await lim.close()
 
 
+@pytest.mark.parametrize("limits, header, left", [
+    (TenantLimits(requests_per_minute=3), "x-ratelimit-remaining-requests", "1"),
+    (TenantLimits(tokens_per_minute=150), "x-ratelimit-remaining-tokens", "40"),
+    (TenantLimits(token_budget=150), "x-ratelimit-remaining-budget", "40"),
+])
+async def test_reserving_twice_charges_once_whichever_bucket_tells(redis_url, limits, header, left):
+    """The script asks the first bucket set whether it holds the request already: each kind alone."""
+    lim = redis_limiter(redis_url)
+    tenant = f"once-{next(_ids)}"
+    a = ctx(limits, prompt=10, max_tokens=45, tenant=tenant)
+    await lim.reserve(a)
+    await lim.reserve(a)
+    b = ctx(limits, prompt=10, max_tokens=45, tenant=tenant)
+    await lim.reserve(b)
+    assert b.headers[header] == left
+    await lim.close()
+
+
+async def test_reserving_twice_holds_one_concurrency_slot(redis_url):
+    lim = redis_limiter(redis_url)
+    limits = TenantLimits(max_concurrent=2)
+    tenant = f"once-{next(_ids)}"
+    a = ctx(limits, tenant=tenant)
+    await lim.reserve(a)
+    await lim.reserve(a)
+    await lim.reserve(ctx(limits, tenant=tenant))  # the second slot is still free
+    await refused(lim, ctx(limits, tenant=tenant))
+    await lim.close()
+
+
+async def test_a_sliding_logs_keys_outlive_its_newest_entry_by_a_window(redis_url):
+    """TTLs are set to 1.25 windows at most every quarter window, not on every request: a key never
+    expires while an entry in it is inside the window, and a tenant that stops leaves nothing behind."""
+    window_ms = 4000
+    lim = redis_limiter(redis_url, window_s=window_ms / 1000)
+    tenant = f"ttl-{next(_ids)}"
+    limits = TenantLimits(requests_per_minute=100, tokens_per_minute=10_000)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    names = [f"noor:rl:{{{tenant}}}:{k}" for k in ("rpm", "tpm", "tpm:amt")]
+    try:
+        await lim.reserve(ctx(limits, tenant=tenant))
+        first = [await r.pttl(k) for k in names]
+        assert all(window_ms < t <= window_ms * 5 // 4 for t in first), first
+        await asyncio.sleep(0.2)
+        t0 = asyncio.get_running_loop().time()
+        await lim.reserve(ctx(limits, tenant=tenant))  # within a quarter window: TTLs not set again
+        ttls = [await r.pttl(k) for k in names]
+        since_ms = (asyncio.get_running_loop().time() - t0) * 1000
+        assert all(t <= window_ms * 5 // 4 - 200 for t in ttls), ttls  # left to run down...
+        assert all(t + since_ms >= window_ms for t in ttls), (ttls, since_ms)  # ...yet a window past the newest
+    finally:
+        await lim.close()
+        await r.aclose()
+
+
 async def test_the_window_slides(make):
     lim = make(window_s=0.4)
     limits = TenantLimits(requests_per_minute=2)
