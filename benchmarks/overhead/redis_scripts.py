@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -31,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import free_port  # noqa: E402
 from router.limits.redis_scripts import RESERVE, SETTLE  # noqa: E402
+from router.store.base import UsageRecord  # noqa: E402
+from router.store.redis_ledger import _READ_AND_FOLD, GROUP  # noqa: E402
 
 NOOP = "return 1"
 TENANT = "bench"
@@ -45,6 +48,20 @@ def keys(tenant: str = TENANT) -> list[str]:
 def reserve_args(rid: str, window_ms: int, cost: int = 300) -> list:
     """What ``RedisLimiter._call`` sends for a tenant with RPM and TPM limits set (the benchmark tenant's)."""
     return [rid, cost, 10**9, 10**12, 0, 0, window_ms, 30_000, 0, 0]
+
+
+STREAM = "noor:usage:stream"
+_appended = [0]
+
+
+def _usage(pipe, rid: str, fold: str) -> None:
+    record = UsageRecord(request_id=rid, tenant_id="bench-tenant", key_id="key_0123456789ab", model="bench-model",
+                         pool="stub0", endpoint="http://127.0.0.1:9100", engine="vllm", prompt_tokens=12,
+                         completion_tokens=9, latency_ms=0.84)
+    pipe.xadd(STREAM, {b"r": orjson.dumps(record)})
+    _appended[0] += 1
+    if _appended[0] % 20 == 0:
+        pipe.evalsha(fold, 1, STREAM, GROUP, "noor:", 90 * 86400, "bench-consumer", "new", 20)
 
 
 def cpu(r: redis.Redis) -> float:
@@ -92,7 +109,8 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        noop, reserve, settle = (r.script_load(s) for s in (NOOP, RESERVE, SETTLE))
+        noop, reserve, settle, fold = (r.script_load(s) for s in (NOOP, RESERVE, SETTLE, _READ_AND_FOLD))
+        r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         k, window_ms = keys(), int(args.window_s * 1000)
         settle_keys = [k[2], k[3], k[4], k[5]]
         cases = {
@@ -102,6 +120,9 @@ def main() -> None:
                 p.evalsha(reserve, 6, *k, *reserve_args(rid, window_ms)),
                 p.evalsha(settle, 4, *settle_keys, rid, 120, 1, 0, 0)),
             "epoch GET (the cached key's check)": lambda p, rid: p.get("noor:epoch:bench"),
+            # What the meter appends per request, and the aggregator's fold of it (batches of 20, as
+            # UsageLedger reads them): one XADD, then a twentieth of a read-and-fold script call.
+            "usage record: XADD + its share of a fold": lambda p, rid: _usage(p, rid, fold),
         }
         # Fill the window first and let it pass once, so every case below evicts as it adds (production's
         # steady state) and none pays for a backlog.
