@@ -25,6 +25,7 @@ Reported:
    cannot hold; ``--stub-cores`` puts the stubs on cores of their own.
 
     python benchmarks/gateway_overhead.py --redis --rt 1 --mini --workers-scaling 2 --json out.json
+    python benchmarks/gateway_overhead.py --redis --mini --keep-awake --layout auto --workers-scaling 2,4,6  # 12+ cores
     python benchmarks/gateway_overhead.py --only noor --no-streams --hold 0 --rates 1000 --no-search
 
 Other work on the machine shares these cores: compare numbers within one run only. ``--nice -20``
@@ -51,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from overhead import loadgen, targets  # noqa: E402
+from overhead import layout, loadgen, targets  # noqa: E402
 from overhead.procs import Proc, free_port, pinned, rt_refused, run_pinned, wait_http  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -412,6 +413,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["noor", "litellm", "both"], default="both")
     ap.add_argument("--mini", action="store_true", help="also measure a minimal raw-ASGI + aiohttp proxy (the Python floor)")
+    ap.add_argument("--layout", choices=["given", "auto"], default="given",
+                    help="auto: on a machine with 6+ cores, a core of its own for the gateway and Redis, cores for "
+                         "the stubs, the load generators and the scaling workers (overhead/layout.py), in place of "
+                         "the core options")
     ap.add_argument("--gateway-cores", default="1")
     ap.add_argument("--load-cores", default="0")
     ap.add_argument("--nice", type=int, default=0, help="niceness for every process started here (negative: above other work)")
@@ -469,6 +474,13 @@ def main() -> None:
     ap.add_argument("--profile-rate", type=float, default=1000.0)
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
+    if args.layout == "auto":
+        if (cores := layout.auto()) is None:
+            print(f"# --layout auto: {len(layout.physical_cores())} cores, too few; the core options stay", flush=True)
+        else:
+            cores["scaling_cores"] = cores["scaling_cores"] or args.scaling_cores
+            vars(args).update(cores)
+            print("# --layout auto: " + ", ".join(f"{k} {v}" for k, v in cores.items()), flush=True)
     # Stopped by a timeout or a kill: still stop every process started here and write the figures so far.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
