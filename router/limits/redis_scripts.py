@@ -4,10 +4,11 @@ Same semantics as ``local.py`` (sliding logs for RPM/TPM, a counter per budget p
 concurrency), with the clock read inside the script (``TIME``), so replicas with skewed clocks still
 agree. Key layout per tenant T (hash-tagged, so a Redis Cluster keeps them in one slot):
 ``rl:{T}:rpm`` zset of request ids by start ms; ``rl:{T}:tpm`` the same for tokens, with
-``rl:{T}:tpm:amt`` (request id -> tokens, ``_sum``, and ``_ttl``: when the log's TTLs were last set); ``rl:{T}:conc`` zset of request ids by lease
-expiry ms; ``rl:{T}:budget:{period}`` counter; ``rl:{T}:open`` request id -> tokens charged to the
-budget, so settling twice (a retry after a lost reply) corrects the budget once. Reserving twice is
-harmless too: a request id already in a bucket is not charged again.
+``rl:{T}:tpm:amt`` (request id -> tokens, ``_sum``, and ``_ttl``: when the logs' TTLs were last set);
+``rl:{T}:conc`` zset of request ids by lease expiry ms; ``rl:{T}:budget:{period}`` counter;
+``rl:{T}:open`` request id -> tokens charged to the budget, so settling twice (a retry after a lost
+reply) corrects the budget once. Reserving twice is harmless too: a request id already in a bucket is not
+charged again.
 """
 
 RESERVE = """
