@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from overhead import layout, loadgen, targets  # noqa: E402
-from overhead.procs import Proc, free_port, pinned, rt_refused, run_pinned, wait_http  # noqa: E402
+from overhead.procs import Proc, free_port, pinned, rt_refused, set_session_nice, wait_http  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -160,11 +160,23 @@ class Bench:
     # ---- load
 
     def loadgen(self, *argv: str) -> dict:
-        out = run_pinned([PY, str(HERE / "overhead" / "loadgen.py"), *argv], self.args.load_cores, self.args.nice,
-                         cwd=targets.REPO, rt=self.args.rt)
-        if out.returncode != 0:
-            raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return self.loadgens([list(argv)])[0]
+
+    def loadgens(self, argvs: list[list[str]]) -> list[dict]:
+        """Load generators with these arguments, all at once on the load cores; each one's JSON result."""
+        popens = [subprocess.Popen(pinned([PY, str(HERE / "overhead" / "loadgen.py"), *argv], self.args.load_cores,
+                                          self.args.nice, self.args.rt),
+                                   cwd=targets.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True) for argv in argvs]
+        for popen in popens:
+            set_session_nice(popen.pid, self.args.nice)
+        results = []
+        for popen in popens:
+            out, err = popen.communicate()
+            if popen.returncode != 0:
+                raise RuntimeError(f"loadgen failed: {err[-2000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
 
     def rate(self, url: str, key: str | None, rate: float, model: str = targets.MODEL, baseline: str | None = None) -> dict:
         """``rate`` req/s from one load generator, or from ``--load-procs`` of them at once, each offering
@@ -181,16 +193,7 @@ class Bench:
         if k == 1:
             return self.loadgen(*argv)
         files = [self.log_dir / f"samples-{i}.json" for i in range(k)]
-        popens = [subprocess.Popen(pinned([PY, str(HERE / "overhead" / "loadgen.py"), *argv, "--samples", str(f)],
-                                          self.args.load_cores, self.args.nice, self.args.rt),
-                                   cwd=targets.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True) for f in files]
-        results = []
-        for popen in popens:
-            out, err = popen.communicate()
-            if popen.returncode != 0:
-                raise RuntimeError(f"loadgen failed: {err[-2000:]}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        results = self.loadgens([[*argv, "--samples", str(f)] for f in files])
         samples = [json.loads(f.read_bytes()) for f in files]
         for f in files:
             f.unlink()

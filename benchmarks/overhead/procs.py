@@ -43,15 +43,6 @@ def set_session_nice(pid: int, nice: int) -> None:
             Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
-def run_pinned(cmd: list[str], cores: str | None, nice: int = 0, cwd: Path | None = None, rt: int = 0) -> subprocess.CompletedProcess:
-    """Run ``cmd`` to completion pinned to ``cores``, in its own session at niceness ``nice`` (or SCHED_FIFO ``rt``)."""
-    popen = subprocess.Popen(pinned(cmd, cores, nice, rt), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
-    set_session_nice(popen.pid, nice)
-    out, err = popen.communicate()
-    return subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
-
-
 def rt_refused(rt: int) -> str | None:
     """Why SCHED_FIFO at priority ``rt`` cannot be had here (None when it can): a VM or container may
     refuse it even to root (seen on a Firecracker GPU host: "chrt: failed to set pid 0's policy:

@@ -17,8 +17,6 @@ their steady state: every request also evicts the entries that left the window, 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -28,12 +26,11 @@ import orjson
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import free_port  # noqa: E402
 from router.limits.redis_scripts import RESERVE, SETTLE  # noqa: E402
 from router.store.base import UsageRecord  # noqa: E402
 from router.store.redis_ledger import _READ_AND_FOLD, GROUP  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 NOOP = "return 1"
 TENANT = "bench"
@@ -95,20 +92,8 @@ def main() -> None:
     ap.add_argument("--window-s", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3, help="each case this many times, in turn; the median is shown")
     args = ap.parse_args()
-    port = free_port()
-    server = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        r = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    with RedisServer() as server:
+        r = redis.Redis(port=server.port)
         noop, reserve, settle, fold = (r.script_load(s) for s in (NOOP, RESERVE, SETTLE, _READ_AND_FOLD))
         r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         k, window_ms = keys(), int(args.window_s * 1000)
@@ -144,9 +129,6 @@ def main() -> None:
             each = " / ".join(f"{x['redis_cpu_us_per_request']:.1f}" for x in ms)
             print(f"| {name} | {m['redis_cpu_us_per_request']:.1f} ({each}) | {m['evalsha_us_per_request']:.1f} | "
                   f"{1e6 / m['redis_cpu_us_per_request']:,.0f} | {cmds} |", flush=True)
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":
